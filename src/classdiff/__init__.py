@@ -1,0 +1,43 @@
+"""classdiff: per-class learning, generalization and memorization in diffusion models.
+
+The theory modules (numpy/scipy only) are imported lazily so that ``import classdiff`` is fast; the
+torch-based modules (U-Net, iterative random-features trainer) are imported only when used.
+
+Public API (mirrors the CLI): ``GaussianMixture``, ``RandomFeaturesScore``, ``FeatureSpectrum``,
+``class_timescales``, ``speciation_times``, ``train_unet``, ``memorization_by_class``, ``load_config``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "classdiff.config",
+    "ConfigError": "classdiff.config",
+    "load_config": "classdiff.config",
+    "save_config": "classdiff.config",
+    "GaussianMixture": "classdiff.mixture",
+    "empirical_score": "classdiff.mixture",
+    "equivalence_constants": "classdiff.features",
+    "RandomFeaturesScore": "classdiff.rf_model",
+    "FeatureSpectrum": "classdiff.spectrum",
+    "class_timescales": "classdiff.timescales",
+    "speciation_times": "classdiff.speciation",
+    "train_unet": "classdiff.images.ddpm",
+    "memorization_by_class": "classdiff.images.memorization",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'classdiff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

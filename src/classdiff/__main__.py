@@ -1,0 +1,5 @@
+import sys
+
+from classdiff.cli import main
+
+sys.exit(main())

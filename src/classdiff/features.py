@@ -1,0 +1,146 @@
+"""Activations and the Gaussian-equivalence (GE) constants of random features, per class, by quadrature.
+
+For a feature phi_i(x_t) = sigma(h), the pre-activation of a point of class c at diffusion time t is
+
+    h = m + e^{-t} sigma_c u + sqrt(Delta_t) v,      u, v ~ N(0, 1) independent,
+
+where ``m = e^{-t} w_i . mu_c / sqrt(d)`` is the feature's mean for that class (0 for centred classes),
+u carries the data fluctuation and v the diffusion noise. Write f(u) = E_v sigma(h) for the noise-averaged
+feature. The GE constants (``docs/theory.md`` §2; Bonnaire et al. 2505.17638 SM eqs. 38–48 for m = 0,
+with sigma_x^2 -> sigma_c^2 used as a *variance*, which the precursor's code gets wrong) are
+
+    kappa0 = E[sigma(h)]                                   mean feature (creates the centroid spikes)
+    a      = E[sigma'(h)]                                  linear coefficient of e^{-t} w.(x - mu_c)/sqrt d
+    b      = E[v sigma(h)] = sqrt(Delta_t) a               linear coefficient of the noise (Stein)
+    v2     = Var_u f(u) - e^{-2t} sigma_c^2 a^2             non-linear part of the noise-averaged feature
+    s2     = E[sigma(h)^2] - E_u[f(u)^2] - b^2              non-linear part of the noise fluctuation
+    norm2  = E[sigma(h)^2]
+
+and mu1 = Gamma a with Gamma^2 = e^{-2t} sigma_c^2 + Delta_t (the precursor's mu_1 when m = 0).
+Everything is computed with Gauss–Hermite quadrature (1-D for kappa0, a, norm2; 2-D tensor rule for
+E_u f^2), to ~1e-15 for smooth activations, vectorised over arrays of ``mean``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import erf
+
+from classdiff.process import noise_variance, signal_scale
+
+__all__ = ["ACTIVATIONS", "EquivalenceConstants", "activation", "activation_derivative", "equivalence_constants"]
+
+ACTIVATIONS = ("tanh", "relu", "erf", "identity")
+
+Array = NDArray[np.float64]
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation sigma by name (``tanh`` default, ``relu``, ``erf``, ``identity``)."""
+    if name == "tanh":
+        return np.tanh
+    if name == "relu":
+        return lambda x: np.maximum(x, 0.0)
+    if name == "erf":
+        return erf
+    if name == "identity":
+        return lambda x: np.asarray(x, dtype=np.float64)
+    raise ValueError(f"activation = {name!r}: must be one of {', '.join(ACTIVATIONS)}")
+
+
+def activation_derivative(name: str) -> Callable[[Array], Array]:
+    """sigma' for the activations of :func:`activation`."""
+    if name == "tanh":
+        return lambda x: 1.0 - np.tanh(x) ** 2
+    if name == "relu":
+        return lambda x: (np.asarray(x) > 0).astype(np.float64)
+    if name == "erf":
+        return lambda x: 2.0 / np.sqrt(np.pi) * np.exp(-np.asarray(x) ** 2)
+    if name == "identity":
+        return lambda x: np.ones_like(np.asarray(x, dtype=np.float64))
+    raise ValueError(f"activation = {name!r}: must be one of {', '.join(ACTIVATIONS)}")
+
+
+@cache
+def gauss_hermite(n: int) -> tuple[Array, Array]:
+    """Nodes and weights for E_{z~N(0,1)}[g(z)] ~= sum_k w_k g(z_k) (probabilists' rule), shape (n,) each."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return x, w / np.sqrt(2.0 * np.pi)
+
+
+@dataclass(frozen=True)
+class EquivalenceConstants:
+    """GE constants of one activation at one diffusion time, broadcast over the feature means ``mean``."""
+
+    activation: str
+    time: float
+    variance: float
+    mean: Array
+    kappa0: Array
+    a: Array
+    b: Array
+    v2: Array
+    s2: Array
+    norm2: Array
+
+    @property
+    def gamma2(self) -> float:
+        """Gamma_t^2 = e^{-2t} sigma_c^2 + Delta_t, the pre-activation variance."""
+        return float(signal_scale(self.time) ** 2 * self.variance + noise_variance(self.time))
+
+    @property
+    def mu1(self) -> Array:
+        """mu_1 = E[sigma(Gamma z) z] = Gamma a (the precursor's eq. 14 constant)."""
+        return np.sqrt(self.gamma2) * self.a
+
+
+def equivalence_constants(
+    activation_name: str, time: float, variance: float, mean: ArrayLike = 0.0, n_nodes: int = 0
+) -> EquivalenceConstants:
+    """GE constants for ``h = mean + e^{-t} sqrt(variance) u + sqrt(Delta_t) v`` (see module docstring).
+
+    Parameters
+    ----------
+    activation_name : one of :data:`ACTIVATIONS`.
+    time : diffusion time t > 0.
+    variance : class variance sigma_c^2 > 0 (a variance, not a standard deviation).
+    mean : pre-activation mean(s) m, any shape; the constants have that shape.
+    n_nodes : quadrature order (default 160 for smooth activations, 2000 for relu).
+    """
+    if not np.isfinite(time) or time <= 0:
+        raise ValueError(f"time = {time!r}: must be finite and > 0")
+    if not np.isfinite(variance) or variance <= 0:
+        raise ValueError(f"variance = {variance!r}: must be finite and > 0")
+    sig = activation(activation_name)
+    dsig = activation_derivative(activation_name)
+    m = np.asarray(mean, dtype=np.float64)
+    s_u = float(signal_scale(time) * np.sqrt(variance))
+    s_v = float(np.sqrt(noise_variance(time)))
+    gamma = np.hypot(s_u, s_v)
+    if activation_name == "identity":
+        zeros = np.zeros_like(m)
+        a = np.ones_like(m)
+        return EquivalenceConstants(activation_name, float(time), float(variance), m, m.copy(), a, s_v * a,
+                                    zeros, zeros.copy(), m**2 + gamma**2)
+    n = n_nodes or (2000 if activation_name == "relu" else 160)
+    z, w = gauss_hermite(n)
+    mm = m[..., None]
+    h1 = mm + gamma * z
+    kappa0 = (sig(h1) * w).sum(-1)
+    norm2 = (sig(h1) ** 2 * w).sum(-1)
+    a = (dsig(h1) * w).sum(-1)
+    # E_u[f(u)^2], f(u) = E_v sigma(m + s_u u + s_v v): tensor-product rule (u along axis -2, v along -1)
+    n2 = n_nodes or (2000 if activation_name == "relu" else 100)
+    z2, w2 = gauss_hermite(n2) if n2 != n else (z, w)
+    hu = mm[..., None] + s_u * z2[:, None] + s_v * z2[None, :]
+    f = (sig(hu) * w2[None, :]).sum(-1)
+    ef2 = (f**2 * w2).sum(-1)
+    b = s_v * a
+    v2 = ef2 - kappa0**2 - s_u**2 * a**2
+    s2 = norm2 - ef2 - b**2
+    return EquivalenceConstants(activation_name, float(time), float(variance), m, kappa0, a, b, v2, s2, norm2)

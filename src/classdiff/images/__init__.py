@@ -1,0 +1,1 @@
+"""U-Net diffusion on Fashion-MNIST (torch-based; imported only when used)."""

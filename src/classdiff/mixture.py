@@ -173,10 +173,6 @@ class GaussianMixture:
         """m_c = |mu_c| / sqrt(d), shape (K,)."""
         return np.linalg.norm(self.centroids, axis=1) / np.sqrt(self.dim)
 
-    def _var_matrix(self) -> NDArray[np.float64]:
-        """Per-class per-coordinate variances, shape (K, d)."""
-        return np.broadcast_to(self.variances[:, None], (self.n_classes, self.dim)) if self.isotropic else self.variances
-
     def marginal(self, t: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Class means e^{-t} mu_c (K, d) and variances Gamma_{c,t}^2 ((K,) or (K, d)) of P_t."""
         _check_time(t, allow_zero=True)
@@ -186,7 +182,7 @@ class GaussianMixture:
         """E[x_t x_t^T | class c] = e^{-2t}(mu_c mu_c^T + Sigma_c) + Delta_t I, shape (d, d)."""
         mean, var = self.marginal(t)
         m = np.outer(mean[c], mean[c])
-        m[np.diag_indices(self.dim)] += var[c] if not np.isscalar(var[c]) and np.ndim(var[c]) else float(var[c])
+        m[np.diag_indices(self.dim)] += var[c]
         return m
 
     def covariance(self, t: float = 0.0) -> NDArray[np.float64]:
@@ -194,8 +190,7 @@ class GaussianMixture:
         mean, var = self.marginal(t)
         bar = self.weights @ mean
         cov = np.einsum("c,ci,cj->ij", self.weights, mean - bar, mean - bar)
-        v = self.weights @ (np.broadcast_to(np.asarray(var)[:, None], (self.n_classes, self.dim)) if self.isotropic else var)
-        cov[np.diag_indices(self.dim)] += v
+        cov[np.diag_indices(self.dim)] += self.weights @ (var[:, None] if self.isotropic else var)
         return cov
 
     # ------------------------------------------------------------------ sampling

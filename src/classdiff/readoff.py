@@ -1,0 +1,90 @@
+"""Operational definitions of the per-class timescales, read off loss curves (``docs/theory.md`` §5).
+
+The *same* functions are applied to measured curves (random-features dynamics, U-Net runs) and to the
+curves predicted by the theory, so that "predicted" and "measured" timescales mean the same thing.
+
+Generalization time (parameter ``tolerance``, default 0.05)
+    tau_gen,c = the first tau at which class c's test loss has made (1 - tolerance) of its total drop,
+    L(0) - L(tau) >= (1 - tolerance) (L(0) - min_tau L(tau)).
+    The score error can be used instead of the test loss (same definition).
+
+Memorization time (parameter ``fraction``, default 0.5)
+    tau_mem,c = the first tau at which class c's generalization gap G(tau) = L_test(tau) - L_train(tau)
+    reaches ``fraction`` of its final value G(tau_final) (tau_final = infinity where the curve includes it).
+
+Both interpolate linearly in log tau between grid points, return ``nan`` when the event never happens on the
+grid, and accept curves of shape (T,) or (..., T) (then they return shape (...)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["crossing_time", "generalization_time", "memorization_time"]
+
+
+def crossing_time(tau: ArrayLike, curve: ArrayLike, level: ArrayLike) -> NDArray[np.float64]:
+    """First tau at which ``curve`` rises to ``level`` (log-linear interpolation), shape ``curve.shape[:-1]``.
+
+    ``tau`` is increasing, positive and finite, shape (T,); ``curve`` has shape (..., T); ``level`` broadcasts
+    to ``curve.shape[:-1]``. Returns nan where the curve never reaches the level; tau[0] if it starts there.
+    """
+    tau = np.asarray(tau, dtype=np.float64)
+    y = np.asarray(curve, dtype=np.float64)
+    if tau.ndim != 1 or y.shape[-1] != tau.size:
+        raise ValueError(f"tau: shape {tau.shape} does not match curve shape {y.shape}")
+    if np.any(tau <= 0) or np.any(np.diff(tau) <= 0):
+        raise ValueError("tau: must be positive and strictly increasing")
+    lev = np.broadcast_to(np.asarray(level, dtype=np.float64), y.shape[:-1])
+    flat = y.reshape(-1, tau.size)
+    levs = lev.reshape(-1)
+    out = np.full(flat.shape[0], np.nan)
+    logt = np.log(tau)
+    for i, (row, lv) in enumerate(zip(flat, levs)):
+        above = np.nonzero(row >= lv)[0]
+        if above.size == 0 or not np.isfinite(lv):
+            continue
+        j = above[0]
+        if j == 0:
+            out[i] = tau[0]
+            continue
+        y0, y1 = row[j - 1], row[j]
+        frac = 0.0 if y1 == y0 else (lv - y0) / (y1 - y0)
+        out[i] = np.exp(logt[j - 1] + frac * (logt[j] - logt[j - 1]))
+    return out.reshape(y.shape[:-1])
+
+
+def generalization_time(
+    tau: ArrayLike, test_loss: ArrayLike, tolerance: float = 0.05, initial: ArrayLike | None = None
+) -> NDArray[np.float64]:
+    """tau_gen: first tau where the test loss has made (1 - tolerance) of its drop to its minimum.
+
+    ``initial`` is L at tau = 0 (defaults to the first point of the curve).
+    """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance = {tolerance!r}: must lie in (0, 1)")
+    y = np.asarray(test_loss, dtype=np.float64)
+    start = y[..., 0] if initial is None else np.asarray(initial, dtype=np.float64)
+    drop = start[..., None] - y
+    total = np.nanmax(drop, axis=-1)
+    return crossing_time(tau, drop, (1.0 - tolerance) * total)
+
+
+def memorization_time(
+    tau: ArrayLike,
+    train_loss: ArrayLike,
+    test_loss: ArrayLike,
+    fraction: float = 0.5,
+    final_gap: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    """tau_mem: first tau where the gap L_test - L_train reaches ``fraction`` of its final value.
+
+    ``final_gap`` is the gap at tau = infinity when known (closed form); otherwise the last grid point is used.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction = {fraction!r}: must lie in (0, 1)")
+    gap = np.asarray(test_loss, dtype=np.float64) - np.asarray(train_loss, dtype=np.float64)
+    final = gap[..., -1] if final_gap is None else np.asarray(final_gap, dtype=np.float64)
+    level = np.where(final > 0, fraction * final, np.nan)
+    return crossing_time(tau, gap, level)

@@ -39,6 +39,8 @@ __all__ = [
 GEOMETRIES = ("orthogonal", "antipodal", "random", "explicit")
 ACTIVATIONS = ("tanh", "relu", "erf", "identity")
 WEIGHT_TOLERANCE = 1e-9
+SWEEP_COMMANDS = ("spectrum", "timescales", "dynamics", "speciation")
+SCHEDULERS = ("local", "synchronous", "slurm", "pbs")
 
 
 class ConfigError(ValueError):
@@ -416,7 +418,16 @@ class SweepConfig(_Section):
 
     def __post_init__(self) -> None:
         s = "sweep."
-        _choice(s + "command", self.command, ("spectrum", "timescales", "dynamics", "speciation"))
+        if not isinstance(self.command, str) or (
+            self.command not in SWEEP_COMMANDS and ":" not in self.command
+        ):
+            raise ConfigError(s + "command", self.command, "must be one of " + ", ".join(SWEEP_COMMANDS)
+                              + " or an import path 'package.module:function' taking a Config and returning a dict")
+        if not isinstance(self.scheduler, str) or (
+            self.scheduler not in SCHEDULERS and not self.scheduler.startswith(("tcp://", "tls://", "inproc://"))
+        ):
+            raise ConfigError(s + "scheduler", self.scheduler, "must be one of " + ", ".join(SCHEDULERS)
+                              + " or a scheduler address such as 'tcp://host:8786'")
         if not isinstance(self.grid, Mapping):
             raise ConfigError(s + "grid", self.grid, "must be a table of 'section.field' = [values, ...]")
         grid = {}

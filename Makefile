@@ -11,7 +11,7 @@ TORCH_PIN := torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test demo bench lint clean
+.PHONY: install data browser test demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,19 @@ data:
 	  echo "Fashion-MNIST: not found. Run 'sudo apt-get install dataset-fashion-mnist' or set FASHION_MNIST_DIR to a folder holding the idx files."; \
 	fi
 
-test: $(STAMP) data
+# Headless Chromium renders the HTML report in a test (Debian's package, when we are root with apt).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium: found"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) && \
+	  echo "chromium: installed" || echo "chromium: could not be installed; the browser test will be skipped"; \
+	else \
+	  echo "chromium: not found; the browser test of the HTML report will be skipped"; \
+	fi
+
+test: $(STAMP) data browser
 	$(PY) -m pytest -q
 
 demo: $(STAMP) data

@@ -225,9 +225,11 @@ class ModelConfig(_Section):
     ridge: float = 0.0
     noise_samples: int = 0
     seed: int = 0
+    series_order: int = 12
 
     def __post_init__(self) -> None:
         s = "model."
+        object.__setattr__(self, "series_order", _integer(s + "series_order", self.series_order, 0))
         object.__setattr__(self, "psi_p", _positive(s + "psi_p", self.psi_p))
         object.__setattr__(self, "psi_n", _positive(s + "psi_n", self.psi_n))
         object.__setattr__(self, "time", _positive(s + "time", self.time))
@@ -254,9 +256,15 @@ class TrainingConfig(_Section):
     mem_fraction: float = 0.5
     seeds: int = 1
     device: str = "auto"
+    n_batches: int = 8
+    noise: str = "moments"
+    max_steps: int = 1_000_000
 
     def __post_init__(self) -> None:
         s = "training."
+        object.__setattr__(self, "n_batches", _integer(s + "n_batches", self.n_batches, 2))
+        _choice(s + "noise", self.noise, ("moments", "fixed", "fresh"))
+        object.__setattr__(self, "max_steps", _integer(s + "max_steps", self.max_steps, 1))
         _choice(s + "method", self.method, ("closed_form", "iterative"))
         _choice(s + "optimizer", self.optimizer, ("gd", "adam"))
         object.__setattr__(self, "learning_rate", _positive(s + "learning_rate", self.learning_rate))
@@ -295,9 +303,15 @@ class TheoryConfig(_Section):
     commitment_threshold: float = 0.775
     bootstrap: int = 500
     seed: int = 0
+    type_nodes: int = 48
+    n_scan: int = 400
+    phase_points: int = 7
 
     def __post_init__(self) -> None:
         s = "theory."
+        object.__setattr__(self, "type_nodes", _integer(s + "type_nodes", self.type_nodes, 4))
+        object.__setattr__(self, "n_scan", _integer(s + "n_scan", self.n_scan, 50))
+        object.__setattr__(self, "phase_points", _integer(s + "phase_points", self.phase_points, 2))
         object.__setattr__(self, "n_lambda", _integer(s + "n_lambda", self.n_lambda, 10))
         for name in ("lambda_min", "lambda_max"):
             v = getattr(self, name)
@@ -347,9 +361,26 @@ class ImagesConfig(_Section):
     loss_times: tuple[float, ...] = (0.01, 0.1, 0.5)
     device: str = "auto"
     seed: int = 0
+    num_res_blocks: int = 2
+    memorization_threshold: float = 1.0 / 3.0
+    n_bootstrap: int = 1000
+    loss_images: int = 500
+    loss_noise_draws: int = 2
+    eval_batch_size: int = 256
+    classifier_epochs: int = 2
 
     def __post_init__(self) -> None:
         s = "images."
+        object.__setattr__(self, "num_res_blocks", _integer(s + "num_res_blocks", self.num_res_blocks, 1))
+        thr = _positive(s + "memorization_threshold", self.memorization_threshold)
+        if thr >= 1:
+            raise ConfigError(s + "memorization_threshold", thr, "must lie in (0, 1) (memorized when d1/d2 < it)")
+        object.__setattr__(self, "memorization_threshold", thr)
+        object.__setattr__(self, "n_bootstrap", _integer(s + "n_bootstrap", self.n_bootstrap, 0))
+        object.__setattr__(self, "loss_images", _integer(s + "loss_images", self.loss_images, 1))
+        object.__setattr__(self, "loss_noise_draws", _integer(s + "loss_noise_draws", self.loss_noise_draws, 1))
+        object.__setattr__(self, "eval_batch_size", _integer(s + "eval_batch_size", self.eval_batch_size, 1))
+        object.__setattr__(self, "classifier_epochs", _integer(s + "classifier_epochs", self.classifier_epochs, 1))
         cls = _int_tuple(s + "classes", self.classes, 0)
         for i, c in enumerate(cls):
             if c > 9:
@@ -401,6 +432,9 @@ class ImagesConfig(_Section):
         object.__setattr__(self, "ema", e)
         object.__setattr__(self, "n_samples", _integer(s + "n_samples", self.n_samples, 1))
         object.__setattr__(self, "sampler_steps", _integer(s + "sampler_steps", self.sampler_steps, 1))
+        if self.sampler_steps > self.num_diffusion_steps:
+            raise ConfigError(s + "sampler_steps", self.sampler_steps,
+                              f"must be <= images.num_diffusion_steps = {self.num_diffusion_steps}")
         object.__setattr__(self, "loss_times", _float_tuple(s + "loss_times", self.loss_times, _positive))
         _choice(s + "device", self.device, ("auto", "cpu", "cuda"))
         object.__setattr__(self, "seed", _integer(s + "seed", self.seed, 0))

@@ -17,8 +17,9 @@ with sigma_x^2 -> sigma_c^2 used as a *variance*, which the precursor's code get
     norm2  = E[sigma(h)^2]
 
 and mu1 = Gamma a with Gamma^2 = e^{-2t} sigma_c^2 + Delta_t (the precursor's mu_1 when m = 0).
-Everything is computed with Gauss–Hermite quadrature (1-D for kappa0, a, norm2; 2-D tensor rule for
-E_u f^2), to ~1e-15 for smooth activations, vectorised over arrays of ``mean``.
+Everything is computed with Gauss–Hermite quadrature (1-D for kappa0, a, norm2, with an order growing with
+the pre-activation scale for tanh; nested 1-D rules for E_u f^2) or in closed form (relu), to ~1e-13,
+vectorised over arrays of ``mean``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from functools import cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import erf
+from scipy.special import erf, ndtr, roots_hermitenorm
 
 from classdiff.process import noise_variance, signal_scale
 
@@ -68,9 +69,21 @@ def activation_derivative(name: str) -> Callable[[Array], Array]:
 
 @cache
 def gauss_hermite(n: int) -> tuple[Array, Array]:
-    """Nodes and weights for E_{z~N(0,1)}[g(z)] ~= sum_k w_k g(z_k) (probabilists' rule), shape (n,) each."""
-    x, w = np.polynomial.hermite_e.hermegauss(n)
+    """Nodes and weights for E_{z~N(0,1)}[g(z)] ~= sum_k w_k g(z_k) (probabilists' rule), shape (n,) each.
+
+    Uses ``scipy.special.roots_hermitenorm``, which stays finite for large n (numpy's ``hermegauss``
+    overflows to nan beyond ~ 360 nodes).
+    """
+    x, w = roots_hermitenorm(int(n))
     return x, w / np.sqrt(2.0 * np.pi)
+
+
+def quadrature_order(activation_name: str, scale: float) -> int:
+    """Gauss–Hermite order for E[sigma(m + scale z)] to ~1e-13 (tanh: its poles at distance pi/(2 scale) from
+    the real axis make the needed order grow like scale^2; erf is entire)."""
+    if activation_name == "tanh":
+        return int(min(3000, max(160, np.ceil(200.0 * scale * scale))))
+    return 160
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,8 @@ def equivalence_constants(
     time : diffusion time t > 0.
     variance : class variance sigma_c^2 > 0 (a variance, not a standard deviation).
     mean : pre-activation mean(s) m, any shape; the constants have that shape.
-    n_nodes : quadrature order (default 160 for smooth activations, 2000 for relu).
+    n_nodes : quadrature order (default: :func:`quadrature_order`; relu is closed form except the outer
+        160-node integral over u of the smooth noise-averaged feature).
     """
     if not np.isfinite(time) or time <= 0:
         raise ValueError(f"time = {time!r}: must be finite and > 0")
@@ -127,19 +141,34 @@ def equivalence_constants(
         a = np.ones_like(m)
         return EquivalenceConstants(activation_name, float(time), float(variance), m, m.copy(), a, s_v * a,
                                     zeros, zeros.copy(), m**2 + gamma**2)
-    n = n_nodes or (2000 if activation_name == "relu" else 160)
-    z, w = gauss_hermite(n)
-    mm = m[..., None]
-    h1 = mm + gamma * z
-    kappa0 = (sig(h1) * w).sum(-1)
-    norm2 = (sig(h1) ** 2 * w).sum(-1)
-    a = (dsig(h1) * w).sum(-1)
-    # E_u[f(u)^2], f(u) = E_v sigma(m + s_u u + s_v v): tensor-product rule (u along axis -2, v along -1)
-    n2 = n_nodes or (2000 if activation_name == "relu" else 100)
-    z2, w2 = gauss_hermite(n2) if n2 != n else (z, w)
-    hu = mm[..., None] + s_u * z2[:, None] + s_v * z2[None, :]
-    f = (sig(hu) * w2[None, :]).sum(-1)
-    ef2 = (f**2 * w2).sum(-1)
+    if activation_name == "relu":
+        # closed forms for N(m, gamma^2): E relu, E relu', E relu^2; and f(u) = E_v relu(.) in closed form
+        ratio = m / gamma
+        pdf = np.exp(-0.5 * ratio**2) / np.sqrt(2.0 * np.pi)
+        kappa0 = m * ndtr(ratio) + gamma * pdf
+        a = ndtr(ratio)
+        norm2 = (m**2 + gamma**2) * ndtr(ratio) + m * gamma * pdf
+
+        def smoothed(mu: Array) -> Array:  # E_v relu(mu + s_v v)
+            r = mu / s_v
+            return mu * ndtr(r) + s_v * np.exp(-0.5 * r * r) / np.sqrt(2.0 * np.pi)
+    else:
+        n = n_nodes or quadrature_order(activation_name, gamma)
+        z, w = gauss_hermite(n)
+        h1 = m[..., None] + gamma * z
+        kappa0 = (sig(h1) * w).sum(-1)
+        norm2 = (sig(h1) ** 2 * w).sum(-1)
+        a = (dsig(h1) * w).sum(-1)
+        zi, wi = gauss_hermite(n_nodes or quadrature_order(activation_name, s_v))
+
+        def smoothed(mu: Array) -> Array:  # E_v sigma(mu + s_v v), inner quadrature
+            return (sig(mu[..., None] + s_v * zi) * wi).sum(-1)
+    # E_u[f(u)^2]: f is smooth (entire for tanh/erf/relu once noise-averaged), outer Gauss–Hermite in u
+    # (a loop over the outer nodes keeps the memory at mean.size x inner nodes)
+    zo, wo = gauss_hermite(n_nodes or 160)
+    ef2 = np.zeros_like(m)
+    for zj, wj in zip(zo, wo):
+        ef2 = ef2 + wj * smoothed(m + s_u * zj) ** 2
     b = s_v * a
     v2 = ef2 - kappa0**2 - s_u**2 * a**2
     s2 = norm2 - ef2 - b**2

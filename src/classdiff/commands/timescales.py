@@ -1,0 +1,106 @@
+"""``classdiff timescales CONFIG``: predicted per-class tau_gen and tau_mem, orders, curves and phase diagrams."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Predicted per-class generalization and memorization times, learning order, phase diagrams."
+
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="TOML config ([mixture], [model], [training], [theory])")
+    parser.add_argument("--phase", action="store_true",
+                        help="also compute the phase diagrams (K = 2): over (sigma_1^2/sigma_2^2, rho_1/rho_2) with the "
+                             "imbalance reversal boundary, and over (psi_p, psi_n); theory.phase_points per axis")
+
+
+def _plot_curves(result: dict, stem: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from classdiff.io import save_figure
+
+    tau = np.asarray(result["tau"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c, cl in enumerate(result["classes"]):
+        col = COLOURS[c % len(COLOURS)]
+        lab = f"class {cl['label']} (rho={cl['weight']:.2f}, sigma^2={cl['variance']:.2f})"
+        ax.plot(tau, cl["train_loss"], color=col, lw=1.5, label=lab + " train")
+        ax.plot(tau, cl["test_loss"], color=col, lw=1.5, ls="--", label="test")
+        for key, mark in (("tau_gen", "o"), ("tau_mem", "s")):
+            if cl[key] is not None:
+                ax.plot([cl[key]], [np.interp(cl[key], tau, cl["test_loss"])], mark, color=col, ms=7, mfc="none")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"training time $\tau$")
+    ax.set_ylabel("predicted loss (theory)")
+    ax.set_title("per-class losses; circles: tau_gen, squares: tau_mem", fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, stem)
+
+
+def _plot_phase(diag: dict, stem: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from classdiff.io import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    vi = diag["variance_imbalance"]
+    x, y = np.log2(vi["weight_ratios"]), np.log2(vi["variance_ratios"])
+    for ax, key, title in ((axes[0], "tau_gen", "generalization"), (axes[1], "tau_mem", "memorization")):
+        ratio = np.log10(vi[key][..., 0] / vi[key][..., 1])
+        lim = max(np.nanmax(np.abs(ratio)), 1e-3)
+        im = ax.pcolormesh(x, y, ratio, cmap="coolwarm", vmin=-lim, vmax=lim, shading="nearest")
+        ax.contour(x, y, ratio, levels=[0.0], colors="k", linewidths=1.2)
+        fig.colorbar(im, ax=ax, label=r"$\log_{10}(\tau_0/\tau_1)$  (<0: class 0 first)")
+        ax.set_xlabel(r"$\log_2(\rho_0/\rho_1)$")
+        ax.set_ylabel(r"$\log_2(\sigma_0^2/\sigma_1^2)$")
+        ax.set_title(f"{title}: which class first (black: equal times)", fontsize=9)
+    cap = diag["capacity"]
+    ratio = np.log10(cap["tau_gen"][..., 0] / cap["tau_gen"][..., 1])
+    lim = max(np.nanmax(np.abs(ratio)), 1e-3)
+    im = axes[2].pcolormesh(np.log2(cap["psi_n"]), np.log2(cap["psi_p"]), ratio, cmap="coolwarm", vmin=-lim, vmax=lim,
+                            shading="nearest")
+    fig.colorbar(im, ax=axes[2], label=r"$\log_{10}(\tau_{gen,0}/\tau_{gen,1})$")
+    axes[2].set_xlabel(r"$\log_2\psi_n$")
+    axes[2].set_ylabel(r"$\log_2\psi_p$")
+    axes[2].set_title("generalization order over (psi_p, psi_n)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, stem)
+
+
+def run(args: argparse.Namespace, out: Path) -> dict:
+    import numpy as np
+
+    from classdiff.config import load_config, save_config
+    from classdiff.io import save_npz_atomic
+    from classdiff.timescales import timescales_from_config
+
+    config = load_config(args.config)
+    save_config(config, out / "config.toml")
+    result = timescales_from_config(config)
+    save_npz_atomic(out / "curves.npz", tau=np.asarray(result["tau"]),
+                    train_loss=np.array([c["train_loss"] for c in result["classes"]]),
+                    test_loss=np.array([c["test_loss"] for c in result["classes"]]))
+    _plot_curves(result, out / "timescales")
+    if args.phase:
+        from classdiff.phase import capacity_diagram, variance_imbalance_diagram
+
+        k = config.theory.phase_points
+        tau = np.asarray(result["tau"])
+        vi = variance_imbalance_diagram(config, np.geomspace(0.25, 4.0, k), np.geomspace(1 / 49, 49, k), tau=tau)
+        cap = capacity_diagram(config, np.geomspace(1.0, 4.0, k), np.geomspace(0.5, 4.0, k), tau=tau)
+        result["phase"] = {"variance_imbalance": vi, "capacity": cap}
+        _plot_phase(result["phase"], out / "phase")
+        save_npz_atomic(out / "phase.npz", **{f"vi_{k_}": np.asarray(v) for k_, v in vi.items()},
+                        **{f"cap_{k_}": np.asarray(v) for k_, v in cap.items()})
+    return result

@@ -1,0 +1,124 @@
+"""A small Fashion-MNIST CNN classifier, trained once and cached, for sample labels and Fréchet features.
+
+Architecture: conv3x3(1->32) ReLU maxpool, conv3x3(32->64) ReLU maxpool, flatten 64*7*7 -> Linear(128) ReLU
+(the *features*, penultimate layer, 128-d) -> Linear(10) (logits). Inputs are images in [-1, 1],
+shape (B, 1, 28, 28). Trained with Adam (lr 1e-3, batch 128) for ``epochs`` epochs, seeded.
+
+Cache: ``cache_dir()/classifier-<key>.pt`` where ``key`` hashes the training arrays, the epochs and the seed,
+so the real data set and synthetic test data never share a cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from classdiff.images.fashion_mnist import cache_dir
+
+__all__ = ["classifier_features", "get_classifier", "train_classifier"]
+
+FEATURE_DIM = 128
+
+
+def _net():
+    from torch import nn
+
+    class SmallCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(64 * 7 * 7, FEATURE_DIM), nn.ReLU(),
+            )
+            self.head = nn.Linear(FEATURE_DIM, 10)
+
+        def features(self, x):
+            return self.body(x)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    return SmallCNN()
+
+
+def train_classifier(images: NDArray[np.float32], labels: NDArray, *, epochs: int = 2, seed: int = 0,
+                     device: str = "cpu", progress: bool = False):
+    """Train the CNN on ``images`` (n, 1, 28, 28) in [-1, 1] with labels (n,) in 0..9; returns the model (eval)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    model = _net().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        batches = range(0, len(x), 128)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"classifier epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False)
+        for i in batches:
+            idx = perm[i:i + 128]
+            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def _key(images: NDArray, labels: NDArray, epochs: int, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(labels).tobytes())
+    h.update(f"{epochs}-{seed}-v1".encode())
+    return h.hexdigest()[:16]
+
+
+def get_classifier(images: NDArray[np.float32], labels: NDArray, *, epochs: int = 2, seed: int = 0,
+                   device: str = "cpu", cache: str | Path | None = None, progress: bool = False):
+    """The cached classifier for this training data (trained and saved atomically on first use)."""
+    import torch
+
+    folder = Path(cache) if cache is not None else cache_dir()
+    path = folder / f"classifier-{_key(images, labels, epochs, seed)}.pt"
+    model = _net()
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.to(device).eval()
+        except (RuntimeError, OSError, EOFError):
+            pass  # unreadable cache entry: retrain and overwrite
+    model = train_classifier(images, labels, epochs=epochs, seed=seed, device=device, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model
+
+
+def classifier_features(model, images, *, batch_size: int = 512, device: str = "cpu"
+                        ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Penultimate features (n, 128) float64 and predicted labels (n,) of ``images`` (n, 1, 28, 28)."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    feats, preds = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            f = model.features(x[i:i + batch_size].to(device))
+            feats.append(f.double().cpu().numpy())
+            preds.append(model.head(f).argmax(1).cpu().numpy())
+    if not feats:
+        return np.zeros((0, FEATURE_DIM)), np.zeros(0, dtype=np.int64)
+    return np.concatenate(feats), np.concatenate(preds).astype(np.int64)

@@ -1,0 +1,365 @@
+"""DDPM training of the U-Net on an imbalanced Fashion-MNIST subset: resumable, seeded, log-spaced checkpoints.
+
+Forward process (Ho et al. 2020, eq. 4): x_k = sqrt(alpha-bar_k) x_0 + sqrt(1 - alpha-bar_k) eps, k = 0..T-1,
+with alpha-bar from :func:`classdiff.process.ddpm_alpha_bar` (linear 1e-4 -> 0.02 or cosine); the OU time of
+step k is t_k = -(1/2) log alpha-bar_k (:func:`classdiff.process.ddpm_time`). Loss: epsilon-prediction MSE
+(Ho et al. eq. 14) with k uniform in {0..T-1}. Adam (or SGD with momentum 0.95, as the precursor), no EMA by
+default (with ``images.ema > 0`` both raw and EMA weights are saved).
+
+Reproducibility and resumption. Every random choice of optimizer step s (the mini-batch, the steps k, the
+noise eps, dropout masks) is drawn from generators seeded by (seed, s) only, and the mini-batches walk through
+per-epoch permutations seeded by (seed, epoch). A checkpoint holds model + optimizer (+ EMA) state, the RNG
+states (torch, numpy, python) and the step, written atomically (temporary file + ``os.replace``). A run killed
+at any moment (even SIGKILL) and restarted continues from its last checkpoint and, on CPU, ends bit-identical
+to an uninterrupted run.
+
+Run folder::
+
+    config.toml          the full config
+    indices.json         the training subset: indices into the Fashion-MNIST training set, labels, counts
+    checkpoints/step_00001234.pt
+    metrics/train_loss.csv, train.json
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classdiff.config import Config, ImagesConfig, save_config
+from classdiff.io import jsonable, write_json_atomic
+from classdiff.process import ddpm_alpha_bar, ddpm_time
+
+__all__ = [
+    "DDPMSchedule",
+    "build_model",
+    "checkpoint_steps",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_training_data",
+    "train_and_evaluate_from_config",
+    "train_unet",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class DDPMSchedule:
+    """alpha-bar_k, k = 0..T-1, and its OU times t_k; ``add_noise`` implements x_k given x_0 (torch)."""
+
+    def __init__(self, schedule: str = "linear", num_steps: int = 1000) -> None:
+        self.schedule = schedule
+        self.num_steps = num_steps
+        self.alpha_bar = ddpm_alpha_bar(schedule, num_steps)  # (T,) float64
+        self.ou_time = ddpm_time(self.alpha_bar)  # (T,)
+
+    def step_for_time(self, t: float) -> int:
+        """The DDPM step k whose OU time t_k is closest to ``t``."""
+        return int(np.argmin(np.abs(self.ou_time - t)))
+
+    def add_noise(self, x0, k, eps):
+        import torch
+
+        ab = torch.as_tensor(self.alpha_bar, dtype=torch.float32, device=x0.device)[k]
+        return ab.sqrt()[:, None, None, None] * x0 + (1 - ab).sqrt()[:, None, None, None] * eps
+
+
+def checkpoint_steps(steps: int, n_checkpoints: int) -> list[int]:
+    """Log-spaced optimizer steps in [1, steps] (rounded, unique), always ending at ``steps``."""
+    grid = np.unique(np.round(np.geomspace(1, steps, n_checkpoints)).astype(int))
+    out = sorted({int(s) for s in grid if 1 <= s <= steps} | {steps})
+    return out
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
+    """Positions (batch,) in [0, n) used at optimizer step ``step`` (0-based): consecutive slices of
+    per-epoch permutations seeded by (seed, epoch). A pure function of its arguments."""
+    start = step * batch
+    out = np.empty(batch, dtype=np.int64)
+    filled = 0
+    while filled < batch:
+        epoch, offset = divmod(start + filled, n)
+        perm = np.random.default_rng(_seed(seed, 0xE, epoch)).permutation(n)
+        take = min(batch - filled, n - offset)
+        out[filled: filled + take] = perm[offset: offset + take]
+        filled += take
+    return out
+
+
+def _images_config(config: Config | ImagesConfig) -> ImagesConfig:
+    return config.images if isinstance(config, Config) else config
+
+
+def build_model(cfg: ImagesConfig):
+    """The :class:`~classdiff.images.unet.UNet` described by an ``[images]`` section."""
+    from classdiff.images.unet import UNet
+
+    return UNet(width=cfg.width, channel_mults=cfg.channel_mults, attention=cfg.attention, dropout=cfg.dropout,
+                num_res_blocks=cfg.num_res_blocks,
+                num_classes=len(cfg.classes) if cfg.class_conditional else 0)
+
+
+def load_training_data(cfg: ImagesConfig, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Fashion-MNIST (validated) and the training subset of ``cfg``.
+
+    Returns a dict with ``data`` (:class:`FashionMNIST`), ``indices`` (n,), ``labels`` (n,) original labels,
+    ``counts`` per class. A folder holding a ``SHA256SUMS`` file (``<sha256>  <name>`` lines) is checked
+    against it instead of the upstream checksums (used for synthetic test data).
+    """
+    from classdiff.images.fashion_mnist import (
+        SHA256,
+        build_subset,
+        find_fashion_mnist,
+        load_fashion_mnist,
+        subset_counts,
+    )
+
+    root = Path(data_root) if data_root is not None else find_fashion_mnist()
+    checksums: dict[str, str] = dict(SHA256)
+    if root is not None and (Path(root) / "SHA256SUMS").is_file():
+        checksums = {}
+        for line in (Path(root) / "SHA256SUMS").read_text().splitlines():
+            if line.strip():
+                digest, name = line.split()
+                checksums[name.removesuffix(".gz")] = digest
+    data = load_fashion_mnist(root, checksums=checksums)
+    counts = subset_counts(cfg.classes, counts=cfg.counts, weights=cfg.weights, n_total=cfg.n_train)
+    indices = build_subset(data.train_labels, cfg.classes, counts, cfg.seed)
+    return {"data": data, "indices": indices, "labels": data.train_labels[indices].astype(np.int64),
+            "counts": counts}
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the checkpoints in a run folder, by increasing step."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    out = []
+    for p in folder.glob("step_*.pt"):
+        try:
+            out.append((int(p.stem.split("_")[1]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("images.device = 'cuda': no CUDA device is available (use 'auto' or 'cpu')")
+    return name
+
+
+def _class_index(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup[int(v)] for v in labels], dtype=np.int64)
+
+
+def train_unet(
+    config: Config | ImagesConfig,
+    out_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a DDPM U-Net on the subset described by ``config.images``; write the run folder ``out_dir``.
+
+    Resumes from the last checkpoint in ``out_dir`` when ``resume`` is true. Uses one GPU (bf16 autocast)
+    when ``images.device`` allows it; under ``torchrun`` (WORLD_SIZE > 1) each process takes a slice of every
+    mini-batch and gradients are averaged by DistributedDataParallel (rank 0 writes the folder).
+
+    Returns ``{"steps": [...], "loss": [...], "checkpoints": [...], "resumed_from": step or None,
+    "images_per_second": ..., "device": ...}`` (the loss averaged over logging windows).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    full = config if isinstance(config, Config) else Config(images=config)
+    cfg = _images_config(config)
+    out = Path(out_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if backend == "nccl" else "cpu"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+    else:
+        device = _resolve_device(cfg.device)
+    if cfg.batch_size % world:
+        raise ValueError(f"images.batch_size = {cfg.batch_size}: must be divisible by the number of processes ({world})")
+
+    loaded = load_training_data(cfg, data_root)
+    data = loaded["data"]
+    from classdiff.images.fashion_mnist import to_model_space
+
+    x_all = torch.from_numpy(to_model_space(data.train_images[loaded["indices"]])).to(device)
+    y_all = torch.from_numpy(_class_index(loaded["labels"], cfg.classes)).to(device)
+    n = x_all.shape[0]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(full, out / "config.toml")
+        write_json_atomic(out / "indices.json", {
+            "classes": list(cfg.classes), "counts": list(loaded["counts"]),
+            "indices": loaded["indices"].tolist(), "labels": loaded["labels"].tolist(),
+            "data_root": str(data.root)})
+
+    schedule = DDPMSchedule(cfg.schedule, cfg.num_diffusion_steps)
+    torch.manual_seed(_seed(cfg.seed, 0xA))
+    model = build_model(cfg).to(device)
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.95)
+    ema = None
+    if cfg.ema > 0:
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    start, history, resumed_from = 0, {"step": [], "loss": []}, None
+    ckpts = list_checkpoints(out) if resume else []
+    if ckpts:
+        step0, path = ckpts[-1]
+        state = load_checkpoint(path, device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema = state["ema"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002 (restores the global state)
+        random.setstate(state["rng"]["python"])
+        history = state["history"]
+        start, resumed_from = step0, step0
+    net = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if "cuda" in device else None)
+
+    save_at = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
+    log_every = max(1, cfg.steps // 200)
+    local_b = cfg.batch_size // world
+    window: list[float] = []
+    use_bf16 = device.startswith("cuda")
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+    t0, imgs = time.perf_counter(), 0
+    model.train()
+    for step in range(start, cfg.steps):
+        pos = batch_indices(cfg.seed, step, n, cfg.batch_size)[rank * local_b:(rank + 1) * local_b]
+        g = torch.Generator(device="cpu").manual_seed(_seed(cfg.seed, 0xB, step))
+        k = torch.randint(0, schedule.num_steps, (cfg.batch_size,), generator=g)[rank * local_b:(rank + 1) * local_b]
+        eps = torch.randn((cfg.batch_size, 1, 28, 28), generator=g)[rank * local_b:(rank + 1) * local_b]
+        torch.manual_seed(_seed(cfg.seed, 0xD, step, rank))  # dropout masks
+        idx = torch.from_numpy(pos).to(device)
+        x0, yb, k, eps = x_all[idx], y_all[idx], k.to(device), eps.to(device)
+        xk = schedule.add_noise(x0, k, eps)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            pred = net(xk, k, yb if cfg.class_conditional else None)
+        loss = F.mse_loss(pred.float(), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for name, v in model.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema[name].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+                    else:
+                        ema[name].copy_(v)
+        window.append(float(loss.detach()))
+        imgs += cfg.batch_size
+        done = step + 1
+        if done % log_every == 0 or done == cfg.steps:
+            history["step"].append(done)
+            history["loss"].append(float(np.mean(window)))
+            window = []
+        if bar is not None:
+            bar.update(1)
+            if done % 10 == 0 or done == cfg.steps:
+                bar.set_postfix(loss=f"{history['loss'][-1] if history['loss'] else float(loss):.4f}",
+                                img_s=f"{imgs / (time.perf_counter() - t0):.0f}")
+        if done in save_at and rank == 0:
+            _save_checkpoint(out / CHECKPOINT_DIR / f"step_{done:08d}.pt", {
+                "step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "ema": ema, "history": history,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
+                        "python": random.getstate()},
+                "config": full.to_dict(),
+            })
+        if distributed and done in save_at:
+            import torch.distributed as dist
+
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    result = {
+        "steps": history["step"], "loss": history["loss"],
+        "checkpoints": [s for s, _ in list_checkpoints(out)], "resumed_from": resumed_from,
+        "images_per_second": imgs / elapsed if elapsed > 0 and imgs else None, "device": device,
+        "n_train": int(n), "counts": list(loaded["counts"]), "classes": list(cfg.classes),
+    }
+    if rank == 0:
+        (out / "metrics").mkdir(exist_ok=True)
+        with open(out / "metrics" / "train_loss.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "loss"])
+            w.writerows(zip(history["step"], history["loss"]))
+        write_json_atomic(out / "metrics" / "train.json", result)
+    return result
+
+
+def train_and_evaluate_from_config(config: Config, out: str | Path, *, data_root: str | Path | None = None,
+                                   progress: bool = True) -> dict[str, Any]:
+    """Train (resuming if possible) then evaluate every checkpoint; the result of
+    :func:`classdiff.images.evaluation.evaluate_run` with the training summary under ``"training"``."""
+    from classdiff.images.evaluation import evaluate_run
+
+    train = train_unet(config, out, data_root=data_root, progress=progress)
+    result = evaluate_run(out, data_root=data_root, progress=progress)
+    result["training"] = {k: v for k, v in train.items() if k not in ("steps", "loss")}
+    result["training"]["final_loss"] = train["loss"][-1] if train["loss"] else None
+    return jsonable(result)

@@ -1,0 +1,324 @@
+"""Evaluate every checkpoint of a U-Net run folder per class, and put the theory's prediction beside it.
+
+For each checkpoint (same DDIM starting noise at every checkpoint):
+
+* samples (``n_samples``, DDIM ``sampler_steps``, eta = 0) and a grid figure;
+* memorization (:func:`~classdiff.images.memorization.memorization_by_class`): f_mem and f_mem,c with
+  bootstrap 95 % intervals, classes by nearest training image and by the classifier;
+* per-class train vs test denoising loss at the DDPM steps closest to the OU times ``loss_times``;
+* classifier-feature Fréchet distance per class, and the class histogram of samples vs the training subset.
+
+Then the measured per-class times, read off with :mod:`classdiff.readoff` over optimizer steps:
+tau_gen,c (test loss at the first loss time), tau_mem,c (its train/test gap) and tau_fmem,c (first step at which
+f_mem,c reaches half its final value), beside the theory's predicted order from the per-class statistics of the
+training subset (:func:`classdiff.images.stats.predicted_order`).
+
+Writes ``metrics/evaluation.json``, ``metrics/memorization.csv``, ``metrics/loss.csv``, ``metrics/quality.csv``,
+``samples.npz`` (last checkpoint) and figures under ``figures/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classdiff.config import load_config
+from classdiff.io import read_json, save_figure, save_npz_atomic, write_json_atomic
+from classdiff.readoff import crossing_time, generalization_time, memorization_time
+
+__all__ = ["evaluate_run", "format_comparison"]
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _sample_grid(samples: np.ndarray, stem: Path, title: str, n: int = 64) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = min(n, len(samples))
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    grid = np.ones((rows * 29 + 1, cols * 29 + 1))
+    for i in range(k):
+        r, c = divmod(i, cols)
+        grid[1 + r * 29: 1 + r * 29 + 28, 1 + c * 29: 1 + c * 29 + 28] = (samples[i, 0] + 1) / 2
+    fig, ax = plt.subplots(figsize=(cols * 0.45 + 0.5, rows * 0.45 + 0.7))
+    ax.imshow(np.clip(grid, 0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, stem)
+
+
+def _first_per_class(labels: np.ndarray, classes: tuple[int, ...], cap: int) -> np.ndarray:
+    return np.concatenate([np.flatnonzero(labels == c)[:cap] for c in classes]).astype(np.int64)
+
+
+def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, device: str | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Evaluate all checkpoints of ``run_dir`` (written by :func:`~classdiff.images.ddpm.train_unet`)."""
+    import torch
+
+    from classdiff.images.classifier import classifier_features, get_classifier
+    from classdiff.images.ddpm import (
+        DDPMSchedule,
+        _class_index,
+        _resolve_device,
+        build_model,
+        list_checkpoints,
+        load_checkpoint,
+        load_training_data,
+    )
+    from classdiff.images.fashion_mnist import to_model_space
+    from classdiff.images.memorization import memorization_by_class
+    from classdiff.images.quality import class_histogram, denoising_loss_by_class, frechet_by_class
+    from classdiff.images.sampling import ddim_sample, fixed_noise
+    from classdiff.images.stats import image_class_statistics, predicted_order
+
+    run = Path(run_dir)
+    if not (run / "config.toml").is_file():
+        raise FileNotFoundError(f"{run}: not a U-Net run folder (no config.toml); run 'classdiff train' first")
+    config = load_config(run / "config.toml")
+    cfg = config.images
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise FileNotFoundError(f"{run}: no checkpoints under {run / 'checkpoints'}")
+    dev = _resolve_device(device or cfg.device)
+    stored = read_json(run / "indices.json")
+    if data_root is None and stored.get("data_root") and Path(stored["data_root"]).is_dir():
+        data_root = stored["data_root"]
+    loaded = load_training_data(cfg, data_root)
+    if loaded["indices"].tolist() != stored["indices"]:
+        raise ValueError(f"{run}/indices.json: the stored training subset differs from the one rebuilt from the "
+                         "config and data (different data files?)")
+    data = loaded["data"]
+    classes = tuple(cfg.classes)
+    k_cls = len(classes)
+    x_train = to_model_space(data.train_images[loaded["indices"]])
+    y_train = loaded["labels"]
+    ci_train = _class_index(y_train, classes)
+    test_sel = np.flatnonzero(np.isin(data.test_labels, classes))
+    x_test_all, y_test_all = to_model_space(data.test_images[test_sel]), data.test_labels[test_sel].astype(np.int64)
+
+    # statistics and theory
+    stats = image_class_statistics(x_train, y_train, labels=classes)
+    theory = predicted_order(stats, config)
+
+    # classifier on the full real training set (all ten classes), cached
+    _log("classifier: loading or training (cached) ...", progress)
+    clf = get_classifier(to_model_space(data.train_images), data.train_labels.astype(np.int64),
+                         epochs=cfg.classifier_epochs, seed=0, device=dev, progress=progress)
+    real_feats, real_pred = classifier_features(clf, x_test_all, device=dev)
+    classifier_accuracy = float((real_pred == y_test_all).mean()) if len(y_test_all) else None
+
+    # fixed evaluation sets
+    schedule = DDPMSchedule(cfg.schedule, cfg.num_diffusion_steps)
+    ks = [schedule.step_for_time(t) for t in cfg.loss_times]
+    t_used = [float(schedule.ou_time[k]) for k in ks]
+    tr_sel = _first_per_class(y_train, classes, cfg.loss_images)
+    te_sel = _first_per_class(y_test_all, classes, cfg.loss_images)
+    noise = fixed_noise(cfg.n_samples, seed=cfg.seed + 1_000_003)
+    rng = np.random.default_rng(cfg.seed + 7)
+    counts = np.asarray(loaded["counts"], dtype=np.float64)
+    cond_labels = torch.from_numpy(rng.choice(k_cls, size=cfg.n_samples, p=counts / counts.sum())) \
+        if cfg.class_conditional else None
+
+    fig_dir = run / "figures"
+    steps, mem_records, loss_train, loss_test, fd_rows, hist_rows = [], [], [], [], [], []
+    samples = None
+    for step, path in ckpts:
+        _log(f"evaluate: checkpoint step {step}", progress)
+        state = load_checkpoint(path, "cpu")
+        model = build_model(cfg)
+        model.load_state_dict(state["model"])
+        model.to(dev).eval()
+        samples = ddim_sample(model, schedule, noise, sampler_steps=cfg.sampler_steps, labels=cond_labels,
+                              batch_size=cfg.eval_batch_size, device=dev, progress=progress).numpy()
+        _sample_grid(samples, fig_dir / f"samples_step_{step:08d}", f"DDIM samples, step {step}")
+        s_feats, s_pred = classifier_features(clf, samples, device=dev)
+        mem = memorization_by_class(samples, x_train, y_train, classes=classes, classifier_labels=s_pred,
+                                    threshold=cfg.memorization_threshold, n_bootstrap=cfg.n_bootstrap,
+                                    seed=cfg.seed, device=dev)
+        for key in ("ratio", "nearest_index", "nearest_label"):
+            mem.pop(key)
+        mem_records.append(mem)
+        loss_train.append(denoising_loss_by_class(model, schedule, x_train[tr_sel], ci_train[tr_sel], ks, k_cls,
+                                                  noise_draws=cfg.loss_noise_draws, seed=cfg.seed + 11,
+                                                  batch_size=cfg.eval_batch_size, device=dev,
+                                                  conditional=cfg.class_conditional))
+        loss_test.append(denoising_loss_by_class(model, schedule, x_test_all[te_sel],
+                                                 _class_index(y_test_all[te_sel], classes), ks, k_cls,
+                                                 noise_draws=cfg.loss_noise_draws, seed=cfg.seed + 13,
+                                                 batch_size=cfg.eval_batch_size, device=dev,
+                                                 conditional=cfg.class_conditional))
+        fd_rows.append(frechet_by_class(s_feats, s_pred, real_feats, y_test_all, classes))
+        hist_rows.append(class_histogram(s_pred, classes))
+        steps.append(step)
+
+    steps_a = np.asarray(steps, dtype=np.float64)
+    ltr, lte = np.stack(loss_train), np.stack(loss_test)  # (n_ckpt, K, n_times)
+    fmem = np.array([[np.nan if c["f_mem"] is None else c["f_mem"] for c in r["classes"]] for r in mem_records])
+    measured = []
+    for i, c in enumerate(classes):
+        rec: dict[str, Any] = {"label": int(c), "count": int(loaded["counts"][i])}
+        if len(steps) >= 2:
+            rec["tau_gen"] = float(generalization_time(steps_a, lte[:, i, 0]))
+            rec["tau_mem"] = float(memorization_time(steps_a, ltr[:, i, 0], lte[:, i, 0]))
+            final = fmem[-1, i]
+            rec["tau_fmem"] = float(crossing_time(steps_a, np.nan_to_num(fmem[:, i]), 0.5 * final)) \
+                if np.isfinite(final) and final > 0 else None
+        rec["f_mem_final"] = None if not np.isfinite(fmem[-1, i]) else float(fmem[-1, i])
+        rec["loss_gap_final"] = float(lte[-1, i, 0] - ltr[-1, i, 0])
+        measured.append(rec)
+
+    def order(key: str) -> list[int]:
+        vals = [(np.inf if r.get(key) is None or not np.isfinite(r[key]) else r[key], r["label"]) for r in measured]
+        return [lab for _, lab in sorted(vals)]
+
+    result: dict[str, Any] = {
+        "run_dir": str(run), "device": dev, "classes": list(classes), "counts": list(loaded["counts"]),
+        "steps": steps, "loss_times": t_used, "loss_steps": ks,
+        "statistics": stats.to_dict(), "classifier_test_accuracy": classifier_accuracy,
+        "memorization": mem_records,
+        "loss_train": ltr.tolist(), "loss_test": lte.tolist(),
+        "frechet": [{str(k): v for k, v in r.items()} for r in fd_rows],
+        "histogram_samples": hist_rows, "histogram_data": (counts / counts.sum()).tolist(),
+        "measured": {"classes": measured, "learning_order": order("tau_gen"),
+                     "memorization_order": order("tau_mem"), "fmem_order": order("tau_fmem")},
+        "theory": theory,
+    }
+    (run / "metrics").mkdir(exist_ok=True)
+    write_json_atomic(run / "metrics" / "evaluation.json", result)
+    _write_csvs(run, classes, steps, mem_records, ltr, lte, t_used, fd_rows, hist_rows)
+    if samples is not None:
+        save_npz_atomic(run / "samples.npz", samples=samples.astype(np.float32), step=np.array(steps[-1]))
+    _figures(run, classes, steps_a, mem_records, ltr, lte, t_used, measured, theory)
+    text = format_comparison(result)
+    _log(text, progress)
+    result["comparison_text"] = text
+    return result
+
+
+def _write_csvs(run: Path, classes, steps, mem_records, ltr, lte, t_used, fd_rows, hist_rows) -> None:
+    with open(run / "metrics" / "memorization.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "class", "n_nearest", "f_mem", "ci_lo", "ci_hi", "n_classifier", "f_mem_classifier"])
+        for s, r in zip(steps, mem_records):
+            w.writerow([s, "all", r["n_samples"], r["f_mem"], *r["f_mem_ci"], "", ""])
+            for c in r["classes"]:
+                w.writerow([s, c["label"], c["n_nearest"], c["f_mem"], *c["f_mem_ci"], c.get("n_classifier"),
+                            c.get("f_mem_classifier")])
+    with open(run / "metrics" / "loss.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "class", "t", "train_loss", "test_loss", "gap"])
+        for a, s in enumerate(steps):
+            for i, c in enumerate(classes):
+                for j, t in enumerate(t_used):
+                    w.writerow([s, c, t, ltr[a, i, j], lte[a, i, j], lte[a, i, j] - ltr[a, i, j]])
+    with open(run / "metrics" / "quality.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "class", "frechet", "sample_fraction"])
+        for s, fd, h in zip(steps, fd_rows, hist_rows):
+            for i, c in enumerate(classes):
+                w.writerow([s, c, fd[int(c)], h[i]])
+
+
+def _figures(run: Path, classes, steps, mem_records, ltr, lte, t_used, measured, theory) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from classdiff.images.fashion_mnist import CLASS_NAMES
+
+    fig_dir = run / "figures"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    name = [f"{c} {CLASS_NAMES[c]}" for c in classes]
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i in range(len(classes)):
+        f = np.array([np.nan if r["classes"][i]["f_mem"] is None else r["classes"][i]["f_mem"] for r in mem_records])
+        lo = np.array([r["classes"][i]["f_mem_ci"][0] for r in mem_records], dtype=float)
+        hi = np.array([r["classes"][i]["f_mem_ci"][1] for r in mem_records], dtype=float)
+        ax.plot(steps, f, "o-", color=colors[i % len(colors)], label=name[i])
+        ax.fill_between(steps, lo, hi, color=colors[i % len(colors)], alpha=0.2)
+    ax.plot(steps, [r["f_mem"] for r in mem_records], "k--", label="all")
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(r"$f_{\mathrm{mem},c}$ (nearest training image)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    save_figure(fig, fig_dir / "fmem_vs_step")
+
+    n_t = len(t_used)
+    fig, axes = plt.subplots(1, n_t, figsize=(4.2 * n_t, 3.6), squeeze=False)
+    for j, t in enumerate(t_used):
+        ax = axes[0, j]
+        for i in range(len(classes)):
+            ax.plot(steps, lte[:, i, j] - ltr[:, i, j], "o-", color=colors[i % len(colors)], label=name[i])
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"test - train loss, t = {t:.3g}", fontsize=9)
+    axes[0, 0].set_ylabel("per-class denoising loss gap")
+    axes[0, 0].legend(fontsize=8)
+    save_figure(fig, fig_dir / "loss_gap_vs_step")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    x = np.arange(len(classes))
+    for off, key, lab in ((-0.2, "tau_gen", r"$\tau_{gen}$"), (0.2, "tau_mem", r"$\tau_{mem}$")):
+        vals = [np.nan if r.get(key) is None else r[key] for r in measured]
+        axes[1].bar(x + off, vals, width=0.4, label=lab)
+    axes[1].set_xticks(x, name, fontsize=8)
+    axes[1].set_yscale("log")
+    axes[1].set_title("measured (U-Net, optimizer steps)", fontsize=9)
+    axes[1].legend(fontsize=8)
+    if theory.get("available"):
+        for off, key, lab in ((-0.2, "tau_gen", r"$\tau_{gen}$"), (0.2, "tau_mem", r"$\tau_{mem}$")):
+            vals = [np.nan if r.get(key) is None else r[key] for r in theory["classes"]]
+            axes[0].bar(x + off, vals, width=0.4, label=lab)
+        axes[0].set_yscale("log")
+        axes[0].legend(fontsize=8)
+    else:
+        import textwrap
+
+        axes[0].text(0.5, 0.5, "theory not available:\n" + textwrap.fill(theory.get("reason", ""), 45),
+                     ha="center", va="center", fontsize=8, transform=axes[0].transAxes)
+    axes[0].set_xticks(x, name, fontsize=8)
+    axes[0].set_title("predicted (random-features theory, tau units)", fontsize=9)
+    save_figure(fig, fig_dir / "theory_vs_measured")
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """A plain-text table: per class count, variance, centroid norm, predicted and measured times."""
+    st = result["statistics"]
+    th = result["theory"]
+    th_by = {c["label"]: c for c in th.get("classes", [])} if th.get("available") else {}
+    lines = ["class  count  var/d   m_c    | theory tau_gen  tau_mem  | measured tau_gen  tau_mem  tau_fmem  f_mem",
+             "-" * 104]
+
+    def fmt(v) -> str:
+        return "   -    " if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:8.3g}"
+
+    for i, rec in enumerate(result["measured"]["classes"]):
+        c = rec["label"]
+        t = th_by.get(c, {})
+        lines.append(f"{c:5d}  {st['counts'][i]:5d}  {st['variances'][i]:.3f}  {st['centroid_norms'][i]:.3f}  |"
+                     f"       {fmt(t.get('tau_gen'))} {fmt(t.get('tau_mem'))} |         {fmt(rec.get('tau_gen'))}"
+                     f" {fmt(rec.get('tau_mem'))} {fmt(rec.get('tau_fmem'))} {fmt(rec.get('f_mem_final'))}")
+    if th.get("available"):
+        lines.append(f"theory   learning order {th['learning_order']}, memorization order {th['memorization_order']}")
+    else:
+        lines.append(f"theory   {th.get('reason')}")
+    m = result["measured"]
+    lines.append(f"measured learning order {m['learning_order']}, memorization order (loss gap) "
+                 f"{m['memorization_order']}, (f_mem) {m['fmem_order']}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Phase diagrams of the predicted per-class timescales (``docs/theory.md`` §6), for K = 2 classes.
+
+* :func:`variance_imbalance_diagram`: tau_gen,c and tau_mem,c over (sigma_1^2/sigma_2^2, rho_1/rho_2), which class is
+  learned / memorized first, and the *reversal boundary*: for each variance ratio, the weight ratio at which the
+  order differs from the order at balance (linear interpolation of log(tau_1/tau_2) in log(rho_1/rho_2); nan when
+  the order never flips on the grid).
+* :func:`capacity_diagram`: the same over (psi_p, psi_n) at fixed mixture.
+* :func:`centroid_vs_variance`: relative change of the times when the centroid norm moves (fixed variances) against
+  the change when the variance ratio moves (claim 1 of the paper: variance first, centroid geometry second).
+
+Every grid point is :func:`classdiff.timescales.class_timescales` of a config derived with ``Config.with_overrides``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from classdiff.timescales import class_timescales
+
+__all__ = ["capacity_diagram", "centroid_vs_variance", "reversal_boundary", "variance_imbalance_diagram"]
+
+Array = NDArray[np.float64]
+
+
+def _times(config: Any, tau: Array) -> tuple[Array, Array]:
+    res = class_timescales(config, tau=tau)
+    return res["tau_gen"], res["tau_mem"]
+
+
+def _check_two_classes(config: Any) -> None:
+    if config.mixture.n_classes != 2:
+        raise ValueError(f"mixture.weights: phase diagrams need K = 2 classes, got K = {config.mixture.n_classes}")
+
+
+def reversal_boundary(log_weight_ratio: Array, log_time_ratio: Array) -> Array:
+    """Per row of ``log_time_ratio`` (V, R) = log(tau_1/tau_2) over ``log_weight_ratio`` (R,) (which must contain 0,
+    balance): the log weight ratio where the sign first differs from the sign at balance, moving away from balance
+    on either side (the side closer to balance wins); nan when it never flips. Shape (V,)."""
+    x = np.asarray(log_weight_ratio, dtype=np.float64)
+    y = np.asarray(log_time_ratio, dtype=np.float64)
+    i0 = int(np.argmin(np.abs(x)))
+    out = np.full(y.shape[0], np.nan)
+    for v, row in enumerate(y):
+        s0 = np.sign(row[i0])
+        best = np.nan
+        for step in (1, -1):
+            j = i0
+            while 0 <= j + step < x.size:
+                k = j + step
+                if np.isfinite(row[k]) and np.sign(row[k]) != s0 and s0 != 0:
+                    frac = row[j] / (row[j] - row[k])
+                    cand = x[j] + frac * (x[k] - x[j])
+                    if not np.isfinite(best) or abs(cand) < abs(best):
+                        best = cand
+                    break
+                j = k
+        out[v] = best
+    return out
+
+
+def variance_imbalance_diagram(config: Any, variance_ratios: Sequence[float], weight_ratios: Sequence[float],
+                               tau: Array | None = None) -> dict[str, Any]:
+    """Times over sigma_1^2/sigma_2^2 (V,) x rho_1/rho_2 (R,) at fixed sigma_1^2 sigma_2^2 (geometric mean kept).
+
+    Returns ``tau_gen``, ``tau_mem`` (V, R, 2), ``learned_first``, ``memorized_first`` (V, R) (class index),
+    ``reversal_gen``, ``reversal_mem`` (V,) (rho_1/rho_2 where the order flips w.r.t. balance, nan if never).
+    """
+    _check_two_classes(config)
+    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
+    v0 = float(np.sqrt(np.prod(config.mixture.variances)))
+    vr = np.asarray(variance_ratios, dtype=np.float64)
+    wr = np.asarray(weight_ratios, dtype=np.float64)
+    if not np.any(np.isclose(wr, 1.0)):
+        wr = np.sort(np.append(wr, 1.0))
+    gen = np.full((vr.size, wr.size, 2), np.nan)
+    mem = np.full_like(gen, np.nan)
+    for i, r in enumerate(vr):
+        for j, w in enumerate(wr):
+            rho1 = w / (1.0 + w)
+            cfg = config.with_overrides({"mixture.variances": [v0 * np.sqrt(r), v0 / np.sqrt(r)],
+                                         "mixture.weights": [rho1, 1.0 - rho1]})
+            gen[i, j], mem[i, j] = _times(cfg, tau)
+    lw = np.log(wr)
+    return {
+        "variance_ratios": vr, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
+        "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2),
+        "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
+        "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
+    }
+
+
+def capacity_diagram(config: Any, psi_p: Sequence[float], psi_n: Sequence[float],
+                     tau: Array | None = None) -> dict[str, Any]:
+    """Times over psi_p (P,) x psi_n (N,) for the mixture of ``config``: ``tau_gen``, ``tau_mem`` (P, N, 2),
+    ``learned_first``, ``memorized_first`` (P, N)."""
+    _check_two_classes(config)
+    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
+    pp, pn = np.asarray(psi_p, dtype=np.float64), np.asarray(psi_n, dtype=np.float64)
+    gen = np.full((pp.size, pn.size, 2), np.nan)
+    mem = np.full_like(gen, np.nan)
+    for i, a in enumerate(pp):
+        for j, b in enumerate(pn):
+            gen[i, j], mem[i, j] = _times(config.with_overrides({"model.psi_p": float(a), "model.psi_n": float(b)}), tau)
+    return {"psi_p": pp, "psi_n": pn, "tau_gen": gen, "tau_mem": mem,
+            "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2)}
+
+
+def centroid_vs_variance(config: Any, centroid_norms: Sequence[float], variance_ratios: Sequence[float],
+                         tau: Array | None = None) -> dict[str, Any]:
+    """Spread of log tau over centroid norms (both classes, fixed variances) vs over variance ratios (zero centroids).
+
+    Returns per class the max |log tau - log tau_ref| for each sweep: ``centroid_spread_gen`` etc. (2,).
+    """
+    _check_two_classes(config)
+    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
+    v0 = float(np.sqrt(np.prod(config.mixture.variances)))
+    cen = [_times(config.with_overrides({"mixture.centroid_norms": [float(m), float(m)]}), tau) for m in centroid_norms]
+    var = [_times(config.with_overrides({"mixture.variances": [v0 * np.sqrt(r), v0 / np.sqrt(r)],
+                                         "mixture.centroid_norms": [0.0, 0.0]}), tau) for r in variance_ratios]
+
+    def spread(rows: list, k: int) -> Array:
+        arr = np.log(np.array([r[k] for r in rows]))
+        return arr.max(axis=0) - arr.min(axis=0)
+
+    return {"centroid_norms": list(centroid_norms), "variance_ratios": list(variance_ratios),
+            "centroid_tau_gen": np.array([c[0] for c in cen]), "centroid_tau_mem": np.array([c[1] for c in cen]),
+            "variance_tau_gen": np.array([v[0] for v in var]), "variance_tau_mem": np.array([v[1] for v in var]),
+            "centroid_spread_gen": spread(cen, 0), "centroid_spread_mem": spread(cen, 1),
+            "variance_spread_gen": spread(var, 0), "variance_spread_mem": spread(var, 1)}

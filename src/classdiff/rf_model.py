@@ -1,0 +1,691 @@
+"""Random-features (RF) score model: exact noise-averaged moments and closed-form gradient flow, per class.
+
+Model and conventions (``DESIGN.md``; Bonnaire et al. 2505.17638 eqs. 9–11, Prop. C.1):
+
+    s_A(x) = A phi(x) / sqrt(p),   phi(x) = sigma(W x / sqrt(d)),   W (p, d) i.i.d. N(0, 1) fixed,  A(0) = 0
+    L(A)   = (1/(n d)) sum_nu E_eta || sqrt(Delta_t) s_A(x_t^nu) + eta ||^2,   x_t = e^{-t} x_0 + sqrt(Delta_t) eta
+           = 1 + (Delta_t/(d p)) tr(A U A^T) + (2 sqrt(Delta_t)/(d sqrt p)) tr(A V)                       (1)
+    U = (1/n) sum_nu E_eta[phi phi^T]  (p, p),       V = (1/n) sum_nu E_eta[phi eta^T]  (p, d)
+    dA/dtau = -2 Delta_t (d/p) A U - (2 d sqrt(Delta_t)/sqrt(p)) V^T        (tau = k eta / d^2 for GD)     (2)
+
+With B = A/sqrt(p) and the cached eigendecomposition U = Q diag(lambda) Q^T, the solution of (2) is
+
+    B(tau) Q = -(1/sqrt(Delta_t)) M^T diag(gamma(tau)),   M = Q^T V,
+    gamma_k(tau) = (1 - exp(-2 Delta_t lambda_k tau / psi_p)) / lambda_k    (-> 1/lambda_k at tau = inf)    (3)
+
+and every loss that is quadratic in A is evaluated for all tau at once from traces in the eigenbasis:
+
+    L_c(tau) = 1 + (1/d) [ gamma^T (Q^T U_c Q o N) gamma - 2 gamma . rowsum(M o Q^T V_c) ],   N = M M^T    (4)
+    E_c(tau) = (1/d) [ (1/Delta_t) gamma^T (Q^T S_c Q o N) gamma + (2/sqrt(Delta_t)) gamma . rowsum(M o Q^T Z_c)
+                       + e_c ]                                                                             (5)
+
+where U_c, V_c are the class-c moments (train: the n_c training points; test: fresh class-c points), and
+the score-error moments are S_c = E[phi phi^T], Z_c = E[phi s*^T], e_c = E|s*|^2 at x ~ P_t restricted to
+class c (s* the exact mixture score). ``o`` is the entrywise product. A ridge r replaces U by U + r I in
+the flow (the reported losses stay the un-penalised ones); modes with lambda <= rcond * lambda_max are
+frozen (pseudo-inverse convention at tau = inf).
+
+Noise average (``method``):
+
+* ``"series"`` (default, exact up to a controlled truncation): given x_0, the pre-activations
+  h_i = m_i + s_i z_i are jointly Gaussian with m = e^{-t} W x_0/sqrt(d), s_i^2 = Delta_t |W_i|^2/d and
+  correlations R_ij = W_i.W_j / (|W_i| |W_j|), the same for every point. Mehler's formula gives
+  E[sigma(h_i) sigma(h_j)] = sum_k R_ij^k c_k(i) c_k(j) / k!, c_k = E[sigma(m + s z) He_k(z)]; the series
+  is truncated at ``series_order`` (error per entry <= |R_ij|^{K+1} sqrt(T_i T_j) with the exactly known
+  tails T_i = E sigma^2 - sum_{k<=K} c_k^2/k!, reported as ``series_error_bound_``) and the diagonal is exact.
+  V is exact by Stein's lemma: E[sigma(h_i) eta_j] = (sqrt(Delta_t) W_ij/sqrt(d)) E[sigma'(h_i)].
+* ``"mc"``: ``noise_samples`` fixed noise draws per point (seeded), processed in chunks; the loss is then the
+  empirical quadratic of those draws (what GD with the same fixed draws minimises).
+
+Memory: no array larger than ``chunk_bytes`` (besides a few p x p matrices) is ever allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtr
+
+from classdiff.features import activation as activation_function
+from classdiff.features import equivalence_constants, gauss_hermite
+from classdiff.mixture import GaussianMixture, TrainingSet
+from classdiff.process import noise_variance, signal_scale
+from classdiff.readoff import generalization_time, memorization_time
+
+__all__ = [
+    "ClassMoments",
+    "RandomFeaturesScore",
+    "dynamics_from_config",
+    "hermite_coefficients",
+    "noise_averaged_moments",
+]
+
+Array = NDArray[np.float64]
+METHODS = ("series", "mc")
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hermite coefficients of sigma(m + s z)
+
+
+def hermite_coefficients(
+    activation: str, mean: ArrayLike, scale: ArrayLike, order: int, n_nodes: int = 0
+) -> tuple[Array, Array]:
+    """c_k = E_z[sigma(m + s z) He_k(z)], k = 0..order, and E_z[sigma(m + s z)^2], z ~ N(0, 1).
+
+    ``mean`` and ``scale`` broadcast to a common shape S; returns ``(coefficients (order+1, *S), second (S))``.
+    ReLU and identity are closed form (Stein: c_k = s E[sigma^{(k)}]); tanh and erf use
+    Gauss–Hermite quadrature with ``n_nodes`` points (0: :func:`default_nodes` of the largest scale).
+    """
+    m, s = np.broadcast_arrays(np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64))
+    out = np.zeros((order + 1, *m.shape))
+    if activation == "identity":
+        out[0] = m
+        if order >= 1:
+            out[1] = s
+        return out, m**2 + s**2
+    if activation == "relu":
+        a = m / s
+        pdf = np.exp(-0.5 * a**2) * _INV_SQRT_2PI
+        cdf = ndtr(a)
+        out[0] = m * cdf + s * pdf
+        if order >= 1:
+            out[1] = s * cdf
+        # sigma'' = s delta(z + m/s): c_k = s phi(a) He_{k-2}(-a) for k >= 2
+        he_prev, he = np.zeros_like(a), np.ones_like(a)
+        for k in range(2, order + 1):
+            out[k] = s * pdf * he
+            he_prev, he = he, -a * he - (k - 2) * he_prev
+        return out, (m**2 + s**2) * cdf + m * s * pdf
+    if n_nodes <= 0:
+        n_nodes = default_nodes(float(np.max(s)) if s.size else 0.0)
+    z, w = gauss_hermite(n_nodes)
+    he = np.empty((order + 1, z.size))
+    he[0] = 1.0
+    if order >= 1:
+        he[1] = z
+    for k in range(1, order):
+        he[k + 1] = z * he[k] - k * he[k - 1]
+    vals = s[..., None] * z
+    vals += m[..., None]
+    if activation == "tanh":
+        np.tanh(vals, out=vals)
+    else:
+        vals = activation_function(activation)(vals)
+    flat = vals.reshape(-1, z.size)  # one BLAS call (a stacked matmul makes one call per point: slow)
+    out[...] = np.moveaxis((flat @ (he * w).T).reshape(*m.shape, order + 1), -1, 0)
+    flat *= flat
+    return out, (flat @ w).reshape(m.shape)
+
+
+def default_nodes(scale: float) -> int:
+    """Gauss–Hermite order giving ~1e-14 on c_0..c_2 of tanh/erf(m + s z) for s <= ``scale`` (measured
+    against 180 nodes: 48 nodes suffice up to s = 0.5; the poles of tanh at distance pi/(2s) slow the rule
+    for larger s)."""
+    return 48 if scale <= 0.55 else 96 if scale <= 0.8 else 160
+
+
+# ---------------------------------------------------------------------------------------------------------
+# noise-averaged moments
+
+
+@dataclass
+class ClassMoments:
+    """Noise-averaged feature moments of one group of points (one class of a training set, or a batch).
+
+    ``U`` (p, p) = mean E_eta[phi phi^T], ``V`` (p, d) = mean E_eta[phi eta^T], ``count`` the number of
+    points, ``series_error_bound`` the largest bound on the truncation error of an entry of U (0 for MC).
+    """
+
+    U: Array
+    V: Array
+    count: int
+    series_error_bound: float = 0.0
+
+
+def _feature_geometry(W: Array) -> tuple[Array, Array]:
+    """Row norms r_i = |W_i|^2/d (p,) and correlations R_ij = W_i.W_j/(|W_i||W_j|) (p, p)."""
+    d = W.shape[1]
+    r = (W * W).sum(1) / d
+    R = (W @ W.T) / d
+    R /= np.sqrt(np.outer(r, r))
+    np.fill_diagonal(R, 1.0)
+    return r, R
+
+
+def noise_averaged_moments(
+    x0: Array,
+    labels: Array,
+    n_classes: int,
+    W: Array,
+    activation: str,
+    time: float,
+    method: str = "series",
+    series_order: int = 12,
+    noise_samples: int = 100,
+    seed: int = 0,
+    chunk_bytes: int = 2**27,
+) -> list[ClassMoments]:
+    """Per-class U_c = mean_{nu in c} E_eta[phi phi^T] and V_c = mean_{nu in c} E_eta[phi eta^T] (eqs. (1)-(2)).
+
+    ``x0`` (n, d) clean points, ``labels`` (n,) in 0..n_classes-1, ``W`` (p, d). ``method = "series"`` is the
+    Mehler-series exact average (module docstring), ``"mc"`` averages ``noise_samples`` seeded draws per
+    point. Work is done in blocks of points so that no temporary exceeds about ``chunk_bytes``.
+    Returns one :class:`ClassMoments` per class (a class without points gets zeros and ``count = 0``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r}: must be one of {', '.join(METHODS)}")
+    x0 = np.asarray(x0, dtype=np.float64)
+    labels = np.asarray(labels)
+    n, d = x0.shape
+    p = W.shape[0]
+    e_t, delta = float(signal_scale(time)), float(noise_variance(time))
+    U = [np.zeros((p, p)) for _ in range(n_classes)]
+    V = [np.zeros((p, d)) for _ in range(n_classes)]
+    counts = np.bincount(labels, minlength=n_classes)
+    bound = 0.0
+    if method == "series":
+        r, R = _feature_geometry(W)
+        s = np.sqrt(delta * r)
+        order = int(series_order)
+        n_nodes = default_nodes(float(s.max()))
+        # blocks of points: coefficients (order+1, B, p) within chunk_bytes; inside a block the quadrature
+        # tensor (b, p, Q) is kept below 16 MB (sub-blocks of b points)
+        block = max(1, min(n, chunk_bytes // (8 * p * (order + 2))))
+        sub = max(1, 2**24 // (8 * p * (n_nodes if activation in ("tanh", "erf") else 1)))
+        diag = [np.zeros(p) for _ in range(n_classes)]
+        c1 = [np.zeros(p) for _ in range(n_classes)]
+        tails = np.zeros(p)
+        inv_fact = np.array([1.0 / math.factorial(k) for k in range(order + 1)])
+        for start in range(0, n, block):
+            sl = slice(start, min(n, start + block))
+            m = e_t * (x0[sl] @ W.T) / math.sqrt(d)  # (B, p)
+            coef = np.empty((order + 1, *m.shape))
+            second = np.empty(m.shape)
+            for j in range(0, m.shape[0], sub):
+                coef[:, j:j + sub], second[j:j + sub] = hermite_coefficients(
+                    activation, m[j:j + sub], s[None, :], order, n_nodes)
+            tail = second - np.einsum("kbp,k->bp", coef**2, inv_fact)
+            tails = np.maximum(tails, np.sqrt(np.maximum(tail, 0.0)).max(0))
+            lab = labels[sl]
+            for c in np.unique(lab):
+                rows = lab == c
+                power = np.ones((p, p))
+                acc = U[c]
+                for k in range(order + 1):
+                    ck = coef[k][rows]
+                    acc += (ck.T @ ck) * power * inv_fact[k]
+                    if k < order:
+                        power *= R
+                diag[c] += second[rows].sum(0)
+                c1[c] += coef[1][rows].sum(0) if order >= 1 else 0.0
+        off = np.abs(R - np.eye(p)).max() if p > 1 else 0.0
+        bound = float(off ** (order + 1) * tails.max() ** 2)
+        if order < 1:
+            # first coefficient still needed for V (Stein)
+            for c in range(n_classes):
+                m = e_t * (x0[labels == c] @ W.T) / math.sqrt(d)
+                c1[c] = hermite_coefficients(activation, m, s[None, :], 1, n_nodes)[0][1].sum(0)
+        for c in range(n_classes):
+            if counts[c] == 0:
+                continue
+            U[c] /= counts[c]
+            np.fill_diagonal(U[c], diag[c] / counts[c])
+            # E[sigma(h_i) eta_j] = Cov(h_i, eta_j) E[sigma'(h_i)] = (sqrt(Delta) W_ij/sqrt d) c_1/s_i
+            V[c] = ((c1[c] / counts[c]) / np.sqrt(r))[:, None] * W / math.sqrt(d)
+    else:
+        if noise_samples < 1:
+            raise ValueError(f"noise_samples = {noise_samples!r}: must be >= 1 for method = 'mc'")
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E01]))
+        block = max(1, min(n, chunk_bytes // (8 * noise_samples * (p + d))))
+        sig = activation_function(activation)
+        for start in range(0, n, block):
+            sl = slice(start, min(n, start + block))
+            b = sl.stop - sl.start
+            eta = rng.standard_normal((b, noise_samples, d))
+            xt = e_t * x0[sl][:, None, :] + math.sqrt(delta) * eta
+            phi = sig(xt.reshape(-1, d) @ W.T / math.sqrt(d)).reshape(b, noise_samples, p)
+            lab = labels[sl]
+            for c in np.unique(lab):
+                rows = lab == c
+                f = phi[rows].reshape(-1, p)
+                U[c] += f.T @ f
+                V[c] += f.T @ eta[rows].reshape(-1, d)
+        for c in range(n_classes):
+            if counts[c]:
+                U[c] /= counts[c] * noise_samples
+                V[c] /= counts[c] * noise_samples
+    return [ClassMoments(U[c], V[c], int(counts[c]), bound) for c in range(n_classes)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the estimator
+
+
+@dataclass
+class _BatchMoments:
+    """Per-class moments of fresh points, rotated into the eigenbasis of U, one entry per batch."""
+
+    quad: list[Array] = field(default_factory=list)  # Q^T U_b Q or Q^T S_b Q, (p, p)
+    lin: list[Array] = field(default_factory=list)  # rowsum(M o Q^T V_b) or rowsum(M o Q^T Z_b), (p,)
+    const: list[float] = field(default_factory=list)  # e_b (score error only)
+
+
+class RandomFeaturesScore:
+    """RF score model at one diffusion time, trained by gradient flow in closed form (eqs. (1)–(5)).
+
+    Parameters
+    ----------
+    n_features : p, the number of random features.
+    activation : ``"tanh"`` (default), ``"relu"``, ``"erf"`` or ``"identity"``.
+    time : diffusion time t > 0.
+    seed : seeds W and every Monte Carlo draw (same seed, same numbers).
+    ridge : r >= 0, flow on U + r I (0: ridgeless; tau = inf is then the minimum-norm minimiser).
+    method : noise average, ``"series"`` (exact Mehler series) or ``"mc"`` (``noise_samples`` draws per point).
+    series_order : truncation order K of the Mehler series.
+    noise_samples : draws per point for ``method = "mc"``.
+    test_samples : fresh points per class for the test-loss moments.
+    score_samples : fresh points of P_t per class for the score-error moments.
+    n_batches : the fresh points are split in this many batches; standard errors are batch-means SEs.
+    rcond : eigenvalues <= rcond * lambda_max are treated as null modes.
+    chunk_bytes : memory budget of temporaries.
+
+    Attributes after :meth:`fit`
+    ----------------------------
+    W_ (p, d); U_ (p, p); V_ (p, d); U_by_class_, V_by_class_ (lists over classes); class_counts_ (K,);
+    eigenvalues_ (p,) ascending and eigenvectors_ (p, p) of U_ (+ ridge); n_, dim_, n_classes_, delta_;
+    series_error_bound_; and, when a mixture was given, test/score moments for :meth:`predict_curves`.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        activation: str = "tanh",
+        time: float = 0.1,
+        seed: int = 0,
+        ridge: float = 0.0,
+        method: str = "series",
+        series_order: int = 12,
+        noise_samples: int = 100,
+        test_samples: int = 2000,
+        score_samples: int = 2000,
+        n_batches: int = 8,
+        rcond: float = 1e-12,
+        chunk_bytes: int = 2**27,
+    ) -> None:
+        self.n_features = n_features
+        self.activation = activation
+        self.time = time
+        self.seed = seed
+        self.ridge = ridge
+        self.method = method
+        self.series_order = series_order
+        self.noise_samples = noise_samples
+        self.test_samples = test_samples
+        self.score_samples = score_samples
+        self.n_batches = n_batches
+        self.rcond = rcond
+        self.chunk_bytes = chunk_bytes
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _check_params(self) -> None:
+        from classdiff.features import ACTIVATIONS
+
+        if not isinstance(self.n_features, int | np.integer) or self.n_features < 1:
+            raise ValueError(f"n_features = {self.n_features!r}: must be an integer >= 1")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation = {self.activation!r}: must be one of {', '.join(ACTIVATIONS)}")
+        if not np.isfinite(self.time) or self.time <= 0:
+            raise ValueError(f"time = {self.time!r}: must be finite and > 0")
+        if not np.isfinite(self.ridge) or self.ridge < 0:
+            raise ValueError(f"ridge = {self.ridge!r}: must be finite and >= 0")
+        if self.method not in METHODS:
+            raise ValueError(f"method = {self.method!r}: must be one of {', '.join(METHODS)}")
+        if self.n_batches < 2:
+            raise ValueError(f"n_batches = {self.n_batches!r}: must be >= 2 (standard errors need two batches)")
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        # a non-zero tag last: SeedSequence([s, 0]) equals SeedSequence(s), i.e. default_rng(s), which is what
+        # ``mixture.sample(n, seed=s)`` uses; W must not share that stream
+        return np.random.default_rng(np.random.SeedSequence([int(self.seed), int(stream), 0x52F5]))
+
+    def _moments(self, x0: Array, labels: Array, n_classes: int, stream: int) -> list[ClassMoments]:
+        return noise_averaged_moments(
+            x0, labels, n_classes, self.W_, self.activation, self.time, self.method, self.series_order,
+            self.noise_samples, seed=int(self.seed) * 1000 + stream, chunk_bytes=self.chunk_bytes,
+        )
+
+    def features(self, x: ArrayLike) -> Array:
+        """phi(x) = sigma(W x / sqrt d) for points x (m, d); shape (m, p)."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        return activation_function(self.activation)(x @ self.W_.T / math.sqrt(self.dim_))
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        data: TrainingSet | GaussianMixture,
+        mixture: GaussianMixture | None = None,
+        n_samples: int | None = None,
+    ) -> RandomFeaturesScore:
+        """Compute U, V (total and per class), the eigendecomposition of U, and, if a mixture is known,
+        the per-class test and score-error moments on fresh samples.
+
+        ``data`` is a :class:`TrainingSet`, or a :class:`GaussianMixture` from which ``n_samples`` points are
+        drawn (seeded by ``seed``). ``mixture`` defaults to ``data`` when ``data`` is a mixture.
+        """
+        self._check_params()
+        if isinstance(data, GaussianMixture):
+            if n_samples is None:
+                raise ValueError("n_samples: must be given when fit() receives a GaussianMixture")
+            mixture = data if mixture is None else mixture
+            data = data.sample(int(n_samples), seed=self._rng(1))
+        if not isinstance(data, TrainingSet):
+            raise TypeError(f"data: expected a TrainingSet or GaussianMixture, got {type(data).__name__}")
+        x0 = data.x
+        self.n_, self.dim_ = x0.shape
+        self.n_classes_ = int(max(data.counts.size, (mixture.n_classes if mixture is not None else 0)))
+        if mixture is not None and mixture.dim != self.dim_:
+            raise ValueError(f"mixture: dimension {mixture.dim} differs from the training set's {self.dim_}")
+        p, d = int(self.n_features), self.dim_
+        self.W_ = self._rng(0).standard_normal((p, d))
+        self.delta_ = float(noise_variance(self.time))
+        moments = self._moments(x0, data.labels, self.n_classes_, stream=2)
+        self.class_counts_ = np.array([m.count for m in moments])
+        self.U_by_class_ = [m.U for m in moments]
+        self.V_by_class_ = [m.V for m in moments]
+        w = self.class_counts_ / self.n_
+        self.U_ = sum(wc * m.U for wc, m in zip(w, moments))
+        self.V_ = sum(wc * m.V for wc, m in zip(w, moments))
+        self.series_error_bound_ = max(m.series_error_bound for m in moments)
+        # MRRR driver: as accurate as the default here and far less sensitive to an oversubscribed BLAS pool
+        lam, Q = scipy.linalg.eigh(self.U_ + self.ridge * np.eye(p), driver="evr")
+        self.eigenvalues_, self.eigenvectors_ = lam, Q
+        self.M_ = Q.T @ self.V_  # (p, d)
+        self.N_ = self.M_ @ self.M_.T  # (p, p)
+        self.train_quad_ = [Q.T @ U @ Q for U in self.U_by_class_]
+        self.train_lin_ = [(self.M_ * (Q.T @ V)).sum(1) for V in self.V_by_class_]
+        self.mixture_ = mixture
+        if mixture is not None:
+            self._fit_population(mixture)
+        return self
+
+    def _fit_population(self, mixture: GaussianMixture) -> None:
+        """Per-class test moments (fresh clean points, noise-averaged) and score-error moments (fresh points
+        of P_t with the exact mixture score), split in ``n_batches`` equal batches, rotated by Q."""
+        Q, K, nb = self.eigenvectors_, self.n_classes_, int(self.n_batches)
+        e_t, sq_delta = float(signal_scale(self.time)), math.sqrt(self.delta_)
+        self.test_ = [_BatchMoments() for _ in range(K)]
+        self.score_ = [_BatchMoments() for _ in range(K)]
+        rng = self._rng(3)
+        m_test = max(1, int(self.test_samples) // nb)
+        m_score = max(1, int(self.score_samples) // nb)
+        self._test_lin_full = [np.zeros((self.n_features, self.dim_)) for _ in range(K)]
+        self._score_lin_full = [np.zeros((self.n_features, self.dim_)) for _ in range(K)]
+        for c in range(K):
+            for b in range(nb):
+                x = mixture.sample_class(c, m_test, rng)
+                mom = self._moments(x, np.zeros(m_test, dtype=np.int64), 1, stream=100 + nb * c + b)[0]
+                self.test_[c].quad.append(Q.T @ mom.U @ Q)
+                qv = Q.T @ mom.V
+                self.test_[c].lin.append((self.M_ * qv).sum(1))
+                self._test_lin_full[c] += qv / nb
+                # score error: x_t ~ class c of P_t, exact mixture score
+                xt = e_t * mixture.sample_class(c, m_score, rng) + sq_delta * rng.standard_normal((m_score, self.dim_))
+                phi = self.features(xt)
+                target = mixture.score(xt, self.time)
+                pq = phi @ Q
+                self.score_[c].quad.append(pq.T @ pq / m_score)
+                qz = pq.T @ target / m_score
+                self.score_[c].lin.append((self.M_ * qz).sum(1))
+                self._score_lin_full[c] += qz / nb
+                self.score_[c].const.append(float((target * target).sum(1).mean()))
+        self.test_samples_per_class_ = m_test * nb
+        self.score_samples_per_class_ = m_score * nb
+
+    # ------------------------------------------------------------------------------------------ flow
+    def gamma(self, tau: ArrayLike) -> Array:
+        """gamma_k(tau) of eq. (3), shape (T, p); ``tau`` may contain ``np.inf`` (the minimiser)."""
+        self._check_fitted()
+        tau = np.atleast_1d(np.asarray(tau, dtype=np.float64))
+        if np.any(tau < 0) or np.any(np.isnan(tau)):
+            raise ValueError("tau: every training time must be >= 0 (np.inf allowed)")
+        lam = self.eigenvalues_
+        live = lam > self.rcond * max(lam[-1], 0.0)
+        rate = 2.0 * self.delta_ / (self.n_features / self.dim_)  # 2 Delta_t / psi_p
+        g = np.zeros((tau.size, lam.size))
+        finite = np.isfinite(tau)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = rate * np.outer(tau[finite], lam[live])
+            g[np.ix_(finite, live)] = -np.expm1(-x) / lam[live]
+        g[np.ix_(~finite, live)] = 1.0 / lam[live]
+        return g
+
+    def coefficients(self, tau: float) -> Array:
+        """The trained matrix A(tau) (d, p) of the closed form (3) (forms it; for checks and sampling)."""
+        g = self.gamma([tau])[0]
+        bq = -(self.M_.T * g) / math.sqrt(self.delta_)  # B Q, (d, p)
+        return math.sqrt(self.n_features) * bq @ self.eigenvectors_.T
+
+    def _quadratic_curve(self, gam: Array, quad: Array, lin: Array, qscale: float, lscale: float,
+                         const: float) -> Array:
+        h = quad * self.N_
+        return (qscale * np.einsum("tk,kl,tl->t", gam, h, gam, optimize=True) + lscale * gam @ lin + const) / self.dim_
+
+    def predict_curves(self, tau: ArrayLike) -> dict[str, Any]:
+        """Per-class curves of the gradient flow at the times ``tau`` (T,), ``np.inf`` allowed.
+
+        Returns a dict of arrays of shape (K, T): ``train_loss`` (exact), ``test_loss`` and
+        ``test_loss_se``, ``score_error`` and ``score_error_se`` (batch-means standard errors of the fresh-
+        sample estimates; present only if fit() knew the mixture), plus ``tau`` (T,) and the class-weighted
+        totals ``train_loss_total`` (weights n_c/n) and ``test_loss_total`` (weights rho_c), shape (T,).
+        """
+        self._check_fitted()
+        tau_arr = np.atleast_1d(np.asarray(tau, dtype=np.float64))
+        gam = self.gamma(tau_arr)
+        sq = math.sqrt(self.delta_)
+        K = self.n_classes_
+        out: dict[str, Any] = {"tau": tau_arr}
+        train = np.stack([1.0 + self._quadratic_curve(gam, self.train_quad_[c], self.train_lin_[c], 1.0, -2.0, 0.0)
+                          for c in range(K)])
+        out["train_loss"] = train
+        out["train_loss_total"] = (self.class_counts_ / self.n_) @ train
+        if self.mixture_ is not None:
+            for key, store, qs, ls in (("test_loss", self.test_, 1.0, -2.0),
+                                       ("score_error", self.score_, 1.0 / self.delta_, 2.0 / sq)):
+                mean = np.empty((K, tau_arr.size))
+                se = np.empty((K, tau_arr.size))
+                for c in range(K):
+                    nb = len(store[c].quad)
+                    curves = np.stack([
+                        self._quadratic_curve(gam, store[c].quad[b], store[c].lin[b], qs, ls,
+                                              store[c].const[b] if store[c].const else 0.0)
+                        for b in range(nb)])
+                    if key == "test_loss":
+                        curves += 1.0
+                    mean[c] = curves.mean(0)
+                    se[c] = curves.std(0, ddof=1) / math.sqrt(nb)
+                out[key] = mean
+                out[key + "_se"] = se
+            out["test_loss_total"] = self.mixture_.weights @ out["test_loss"]
+        return out
+
+    def losses(self, A: ArrayLike) -> dict[str, Array]:
+        """Per-class losses (K,) of an arbitrary A (d, p), with the same moments as :meth:`predict_curves`.
+
+        Used to evaluate iteratively trained A on exactly the same quadratics as the closed form.
+        """
+        self._check_fitted()
+        A = np.asarray(A, dtype=np.float64)
+        if A.shape != (self.dim_, self.n_features):
+            raise ValueError(f"A: shape {A.shape}, expected (d, p) = ({self.dim_}, {self.n_features})")
+        bq = A @ self.eigenvectors_ / math.sqrt(self.n_features)  # B Q
+        sq, d = math.sqrt(self.delta_), self.dim_
+        Q = self.eigenvectors_
+        out: dict[str, Array] = {}
+        out["train_loss"] = np.array([
+            1.0 + (self.delta_ / d) * np.sum((bq @ self.train_quad_[c]) * bq)
+            + (2 * sq / d) * np.sum(bq * (Q.T @ self.V_by_class_[c]).T) for c in range(self.n_classes_)])
+        if self.mixture_ is not None:
+            out.update(self._population_losses(bq))
+        return out
+
+    def _population_losses(self, bq: Array) -> dict[str, Array]:
+        sq, d = math.sqrt(self.delta_), self.dim_
+        test, score = [], []
+        for c in range(self.n_classes_):
+            tq = np.mean(self.test_[c].quad, axis=0)
+            sqd = np.mean(self.score_[c].quad, axis=0)
+            test.append(1.0 + (self.delta_ / d) * np.sum((bq @ tq) * bq) + (2 * sq / d) * np.sum(bq * self._test_lin_full[c].T))
+            score.append((np.sum((bq @ sqd) * bq) - 2 * np.sum(bq * self._score_lin_full[c].T)
+                          + np.mean(self.score_[c].const)) / d)
+        return {"test_loss": np.array(test), "score_error": np.array(score)}
+
+    # ------------------------------------------------------------------------------------------ readoff
+    def timescales(
+        self,
+        tau: ArrayLike,
+        gen_tolerance: float = 0.05,
+        mem_fraction: float = 0.5,
+        curves: dict[str, Any] | None = None,
+    ) -> dict[str, Array]:
+        """Per-class tau_gen,c and tau_mem,c read off the closed-form curves on the grid ``tau`` (finite).
+
+        tau_gen,c = :func:`classdiff.readoff.generalization_time` of the test loss (``gen_tolerance``);
+        tau_mem,c = :func:`classdiff.readoff.memorization_time` of the gap L_test - L_train with the final gap
+        taken at tau = inf (``mem_fraction``). Returns arrays of shape (K,): ``tau_gen``, ``tau_mem``,
+        ``final_gap``, and ``tau_gen_score`` (the same read-off on the score error).
+        """
+        if self.mixture_ is None:
+            raise ValueError("timescales: fit() needs the mixture (test moments) to read off timescales")
+        tau = np.asarray(tau, dtype=np.float64)
+        if curves is None:
+            curves = self.predict_curves(np.append(tau, np.inf))
+        last = curves["test_loss"][:, -1] - curves["train_loss"][:, -1]
+        test, train = curves["test_loss"][:, :-1], curves["train_loss"][:, :-1]
+        return {
+            "tau_gen": generalization_time(tau, test, gen_tolerance, initial=np.ones(self.n_classes_)),
+            "tau_mem": memorization_time(tau, train, test, mem_fraction, final_gap=last),
+            "final_gap": last,
+            "tau_gen_score": generalization_time(tau, curves["score_error"][:, :-1], gen_tolerance),
+        }
+
+    # ------------------------------------------------------------------------------------------ GE
+    def gaussian_equivalent_covariance(self, data: TrainingSet, mixture: GaussianMixture, seed: int = 0) -> Array:
+        """Gaussian-equivalent U (p, p) for the same W, points and sizes (Bonnaire et al. Lemmas C.1–C.4,
+        per class with the feature means m_i = e^{-t} W_i.mu_c/sqrt d):
+
+            U_GE = (1/n) sum_nu g_nu g_nu^T + sum_c (n_c/n) [ (b_c b_c^T) o W W^T/d + diag(s2_c) ],
+            g_nu = kappa0_c + a_c o (e^{-t} W (x_nu - mu_c)/sqrt d) + sqrt(v2_c) o omega_nu,   omega ~ N(0, I_p),
+
+        with the constants of :func:`classdiff.features.equivalence_constants` per class (vectors over i).
+        """
+        self._check_fitted()
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6E]))
+        W, d, p = self.W_, self.dim_, int(self.n_features)
+        e_t = float(signal_scale(self.time))
+        G = np.empty((data.n, p))
+        noise = np.zeros((p, p))
+        wwt = W @ W.T / d
+        for c in range(mixture.n_classes):
+            rows = data.labels == c
+            if not np.any(rows):
+                continue
+            var = float(mixture.mean_variances[c])
+            ge = equivalence_constants(self.activation, self.time, var, e_t * W @ mixture.centroids[c] / math.sqrt(d))
+            z = (data.x[rows] - mixture.centroids[c]) @ W.T / math.sqrt(d)
+            G[rows] = ge.kappa0 + ge.a * e_t * z + np.sqrt(np.maximum(ge.v2, 0.0)) * rng.standard_normal((rows.sum(), p))
+            frac = rows.sum() / data.n
+            noise += frac * (np.outer(ge.b, ge.b) * wwt + np.diag(ge.s2))
+        return G.T @ G / data.n + noise
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "eigenvalues_"):
+            raise RuntimeError("RandomFeaturesScore: call fit() first")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config-driven run
+
+
+def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dict[str, Any]:
+    """Closed-form per-class dynamics for a :class:`classdiff.config.Config` (pure function of the config).
+
+    For each of ``training.seeds`` seeds s (W, training set and fresh samples seeded by model.seed + s):
+    fit :class:`RandomFeaturesScore` with n = round(psi_n d), p = round(psi_p d) on
+    ``mixture.sample(n, seed)``, evaluate the curves on ``training.n_times`` log-spaced tau in
+    [tau_min, tau_max] (plus tau = inf) and read off per-class timescales. Returns the JSON-able dict of the
+    ``dynamics`` command (curves of the first seed; timescales as mean and standard deviation over seeds).
+    """
+    mc, model, tr = config.mixture, config.model, config.training
+    mixture = GaussianMixture.from_config(mc)
+    d = mc.dim
+    n, p = round(model.psi_n * d), round(model.psi_p * d)
+    taus = np.geomspace(tr.tau_min, tr.tau_max, tr.n_times) if tau is None else np.asarray(tau, dtype=np.float64)
+    method = "series" if model.noise_samples == 0 else "mc"
+    runs = []
+    for s in range(tr.seeds):
+        seed = model.seed + s
+        est = RandomFeaturesScore(
+            n_features=p, activation=model.activation, time=model.time, seed=seed, ridge=model.ridge,
+            method=method, series_order=getattr(model, "series_order", 12),
+            noise_samples=max(model.noise_samples, 1), test_samples=tr.test_samples,
+            score_samples=tr.score_samples, n_batches=getattr(tr, "n_batches", 8),
+        )
+        data = mixture.sample(n, seed=seed)
+        est.fit(data, mixture)
+        curves = est.predict_curves(np.append(taus, np.inf))
+        ts = est.timescales(taus, tr.gen_tolerance, tr.mem_fraction, curves=curves)
+        runs.append((est, curves, ts))
+    est, curves, _ = runs[0]
+    gen = np.array([r[2]["tau_gen"] for r in runs])  # (S, K)
+    mem = np.array([r[2]["tau_mem"] for r in runs])
+    K = mixture.n_classes
+    classes = []
+    for c in range(K):
+        classes.append({
+            "label": c,
+            "n_train": int(est.class_counts_[c]),
+            "variance": float(mixture.mean_variances[c]),
+            "weight": float(mixture.weights[c]),
+            "train_loss": curves["train_loss"][c, :-1],
+            "test_loss": curves["test_loss"][c, :-1],
+            "test_loss_se": curves["test_loss_se"][c, :-1],
+            "score_error": curves["score_error"][c, :-1],
+            "score_error_se": curves["score_error_se"][c, :-1],
+            "train_loss_inf": float(curves["train_loss"][c, -1]),
+            "test_loss_inf": float(curves["test_loss"][c, -1]),
+            "score_error_inf": float(curves["score_error"][c, -1]),
+            "tau_gen": float(np.nanmean(gen[:, c])) if np.any(np.isfinite(gen[:, c])) else None,
+            "tau_mem": float(np.nanmean(mem[:, c])) if np.any(np.isfinite(mem[:, c])) else None,
+            "tau_gen_std": float(np.nanstd(gen[:, c], ddof=1)) if np.sum(np.isfinite(gen[:, c])) > 1 else None,
+            "tau_mem_std": float(np.nanstd(mem[:, c], ddof=1)) if np.sum(np.isfinite(mem[:, c])) > 1 else None,
+            "tau_gen_seeds": gen[:, c],
+            "tau_mem_seeds": mem[:, c],
+        })
+
+    def order(key: str) -> list[int]:
+        vals = [cl[key] if cl[key] is not None else np.inf for cl in classes]
+        return [int(i) for i in np.argsort(vals, kind="stable")]
+
+    return {
+        "tau": taus,
+        "classes": classes,
+        "generalization_order": order("tau_gen"),
+        "memorization_order": order("tau_mem"),
+        "n": n, "p": p, "d": d, "time": model.time, "delta": est.delta_, "seeds": tr.seeds,
+        "method": method, "series_error_bound": est.series_error_bound_,
+        "definitions": {
+            "tau": "gradient-flow time, tau = k eta / d^2 for GD with step eta on L",
+            "tau_gen": f"readoff.generalization_time of the class test loss, tolerance {tr.gen_tolerance}",
+            "tau_mem": f"readoff.memorization_time of the class gap, fraction {tr.mem_fraction}, final gap at tau=inf",
+            "test_loss_se": "batch-means standard error over fresh samples",
+        },
+        "eigenvalues": est.eigenvalues_,
+    }

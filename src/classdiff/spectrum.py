@@ -1,0 +1,390 @@
+"""Spectrum of the random-features covariance U for a K-class Gaussian mixture (random-matrix theory).
+
+``FeatureSpectrum(...).fit(config)`` solves the self-consistent equations of ``docs/theory.md`` §3–§4 for
+q(z) = (1/p) tr (U - z)^{-1} on the real axis (z = lambda + i eps, eps -> 0) and returns the density
+rho(lambda) = Im q / pi, the bulks (edges and masses), the delta peak (no centroids, psi_p > 1 + psi_n), the
+outlier eigenvalues created by the class means (centroid spikes) and, per lambda, each class's share of the
+eigenmodes. The equations themselves are in :mod:`classdiff.spectrum_equations`, the solver in
+:mod:`classdiff.spectrum_solver`, sampled matrices for validation in :mod:`classdiff.spectrum_sampling`.
+
+Pipeline of :meth:`FeatureSpectrum.fit`:
+
+1. scan: log-spaced lambda above the hard lower bound min_j s2bar_j (U >= sum_c rho_c D_{s2_c}), solved by
+   continuation in eps; a point is in the support when Im q no longer scales with eps (ratio test between the
+   last two eps levels);
+2. edges: bisection on the support indicator between the scan points around each change (warm starts);
+3. grid: in each bulk [lo, hi], open Chebyshev points lambda = mid - half cos(theta); the density times
+   sin(theta) is smooth in theta for square-root edges, so the midpoint rule in theta gives the bulk masses
+   to near machine precision; masses + atom = 1 is checked;
+4. outliers: real roots, above the top edge and in the gaps, of
+   det( diag(1 + delta_c(theta)) + p diag(sqrt rho) E_j[kappa0_j kappa0_j^T Qbar_j(theta)] diag(sqrt rho) ) = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import brentq
+
+from classdiff.spectrum_equations import FeatureTypes, feature_types, resolvent_parts
+from classdiff.spectrum_solver import newton, relative_residual, solve_on_line
+
+__all__ = ["FeatureSpectrum", "spectrum_from_config", "types_from_config"]
+
+Array = NDArray[np.float64]
+CArray = NDArray[np.complex128]
+
+
+def types_from_config(config: Any, n_nodes: int | None = None) -> FeatureTypes:
+    """:class:`FeatureTypes` for the ``[mixture]`` and ``[model]`` sections of a :class:`classdiff.config.Config`.
+
+    The centroids are those of :func:`classdiff.mixture.make_centroids` (so "random" geometry uses the seeded
+    draw); the training fractions rho_c are the exact class counts n_c/n of a training set of n = round(psi_n d).
+    """
+    from classdiff.mixture import class_counts, make_centroids
+
+    mc, model = config.mixture, config.model
+    mu = make_centroids(mc.dim, mc.centroid_norms, mc.geometry, mc.seed, mc.centroids)
+    n = max(round(model.psi_n * mc.dim), len(mc.weights))
+    rho = class_counts(n, mc.weights) / n
+    nodes = n_nodes if n_nodes is not None else config.theory.type_nodes
+    return feature_types(rho, mc.variances, mu, model.time, model.psi_p, model.psi_n, model.activation,
+                         n_nodes=nodes, seed=config.theory.seed)
+
+
+@dataclass
+class _Bulk:
+    lo: float
+    hi: float
+    mass: float = float("nan")
+    lam: Array = field(default_factory=lambda: np.zeros(0))
+    density: Array = field(default_factory=lambda: np.zeros(0))
+
+
+class FeatureSpectrum:
+    """Limiting spectral density of U (``docs/theory.md`` §3–§4), sklearn style.
+
+    Parameters
+    ----------
+    n_lambda : number of lambda points of the final density grid (shared among the bulks).
+    epsilon : imaginary part eps of z = lambda + i eps at which the density is read (absolute).
+    tolerance : residual tolerance; every grid point must satisfy |F(x) - x|_inf <= tolerance (1 + |x|_inf).
+    n_scan : points of the log-spaced support scan.
+    outliers : compute the centroid outliers.
+
+    Fitted attributes
+    -----------------
+    ``types_`` (:class:`FeatureTypes`), ``lambda_`` (L,), ``density_`` (L,), ``edges_`` (B, 2), ``masses_`` (B,),
+    ``atoms_`` list of (location, mass), ``outliers_`` (O,), ``class_share_`` (K, L), ``residual_`` (L,),
+    ``total_mass_`` (float), ``q_`` (L,) complex, ``solution_`` (L, n_unknowns) complex.
+    """
+
+    def __init__(self, n_lambda: int = 1000, epsilon: float = 1e-9, tolerance: float = 1e-10, n_scan: int = 400,
+                 outliers: bool = True) -> None:
+        self.n_lambda = n_lambda
+        self.epsilon = epsilon
+        self.tolerance = tolerance
+        self.n_scan = n_scan
+        self.outliers = outliers
+
+    # ----------------------------------------------------------------------------------------------- fit
+    def fit(self, config_or_types: Any) -> FeatureSpectrum:
+        """Solve the equations for a :class:`classdiff.config.Config` or a :class:`FeatureTypes`."""
+        if self.n_lambda < 10:
+            raise ValueError(f"n_lambda = {self.n_lambda!r}: must be >= 10")
+        if not self.epsilon > 0:
+            raise ValueError(f"epsilon = {self.epsilon!r}: must be > 0")
+        ft = config_or_types if isinstance(config_or_types, FeatureTypes) else types_from_config(config_or_types)
+        self.types_ = ft
+        tol = min(self.tolerance, 1e-10) * 0.01
+        self._newton_tol = tol
+        lo_bound = float(ft.s2_bar.min())
+        hi_bound = self._upper_bound(ft)
+        self.lower_bound_, self.upper_bound_ = lo_bound, hi_bound
+        # 1) scan
+        offs = np.geomspace(1e-7 * hi_bound, hi_bound - lo_bound, self.n_scan)
+        lam_scan = lo_bound + offs
+        x, res, kept = solve_on_line(ft, lam_scan, self.epsilon, eps_start=hi_bound, tol=tol)
+        inside = self._support_indicator(ft, lam_scan, kept)
+        self.scan_ = {"lambda": lam_scan, "inside": inside, "solution": x, "residual": res}
+        # 2) edges
+        bulks = self._find_bulks(ft, lam_scan, inside, kept)
+        # 3) grid and masses
+        self._fill_bulks(ft, bulks)
+        self.atoms_ = [ft.atom()] if ft.atom() is not None else []
+        self.edges_ = np.array([[b.lo, b.hi] for b in bulks]).reshape(-1, 2)
+        self.masses_ = np.array([b.mass for b in bulks])
+        self.total_mass_ = float(self.masses_.sum() + sum(m for _, m in self.atoms_))
+        # 4) outliers
+        self.outliers_ = self._find_outliers(ft) if self.outliers else np.zeros(0)
+        return self
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _upper_bound(ft: FeatureTypes) -> float:
+        """A generous upper bound of the bulk: sum of the operator-norm bounds of the terms of U."""
+        rp, rn = ft.psi_p, ft.psi_p / ft.psi_n
+        a2 = (ft.a**2).max(axis=1)
+        gen = ((ft.signal_variances + ft.delta_t) * ft.weights * a2).sum() * (1 + np.sqrt(rp)) ** 2
+        gen *= (1 + np.sqrt(1 / ft.psi_n)) ** 2
+        mem = (ft.v2.max(axis=1) * (1 + np.sqrt(rn)) ** 2).max()
+        return float(1.5 * (gen + mem + ft.s2_bar.max()) + 1e-12)
+
+    def _support_indicator(self, ft: FeatureTypes, lam: Array, kept: list[tuple[float, CArray]]) -> NDArray[np.bool_]:
+        """In the support when Im q(lambda + i eps) does not shrink with eps (gap: Im q ~ eps)."""
+        (e1, x1), (e2, x2) = kept[-2], kept[-1]
+        q1 = resolvent_parts(ft, lam + 1j * e1, x1)["Qbar"] @ ft.node_weights
+        q2 = resolvent_parts(ft, lam + 1j * e2, x2)["Qbar"] @ ft.node_weights
+        ratio = q2.imag / np.maximum(q1.imag, 1e-300)
+        expected_gap = e2 / e1
+        return (ratio > np.sqrt(expected_gap)) & (q2.imag > 1e-12)
+
+    def _indicator_at(self, ft: FeatureTypes, lam: Array, x_warm: CArray) -> tuple[NDArray[np.bool_], CArray]:
+        """Support indicator at new lambdas, by Newton from warm starts at the two eps levels."""
+        tol = self._newton_tol
+        e2 = self.epsilon
+        e1 = e2 * 10.0
+        z1 = lam + 1j * e1
+        xa, ra = newton(ft, z1, x_warm[0], tol=tol)
+        z2 = lam + 1j * e2
+        xb, rb = newton(ft, z2, x_warm[1], tol=tol)
+        bad = (ra > 1e3 * tol) | (rb > 1e3 * tol)
+        if bad.any():  # fall back to a fresh continuation for those points
+            _, _, kept = solve_on_line(ft, lam[bad], e2, eps_start=self.upper_bound_, tol=tol)
+            xa[bad], xb[bad] = kept[-2][1], kept[-1][1]
+        ind = self._support_indicator(ft, lam, [(e1, xa), (e2, xb)])
+        return ind, np.stack([xa, xb])
+
+    def _find_bulks(self, ft: FeatureTypes, lam: Array, inside: NDArray[np.bool_],
+                    kept: list[tuple[float, CArray]]) -> list[_Bulk]:
+        if not inside.any():
+            raise RuntimeError("FeatureSpectrum: no support found on the scan; check the parameters")
+        change = np.nonzero(np.diff(inside.astype(int)))[0]  # edge between change and change+1
+        sols = np.stack([kept[-2][1], kept[-1][1]])  # (2, P, nu)
+        # brackets: (gap side, bulk side)
+        left = change.copy()
+        right = change + 1
+        a = lam[left].copy()
+        b = lam[right].copy()
+        ia = inside[left].copy()
+        xa = sols[:, left].copy()
+        xb = sols[:, right].copy()
+        for _ in range(48):
+            if change.size == 0:
+                break
+            width = b - a
+            if np.all(width <= 1e-10 * np.maximum(np.abs(b), 1e-3) + 4 * self.epsilon):
+                break
+            mid = 0.5 * (a + b)
+            # warm start from the nearer bracket end of the same side as... use left end (continuous in lambda)
+            ind, xm = self._indicator_at(ft, mid, xa)
+            same_as_left = ind == ia
+            a = np.where(same_as_left, mid, a)
+            b = np.where(same_as_left, b, mid)
+            xa = np.where(same_as_left[None, :, None], xm, xa)
+            xb = np.where(same_as_left[None, :, None], xb, xm)
+        edges = 0.5 * (a + b)
+        # assemble bulks from the sequence of edges
+        bulks: list[_Bulk] = []
+        start = float(lam[0]) if inside[0] else None
+        for k, i in enumerate(change):
+            if not inside[i]:  # gap -> bulk at this edge
+                start = float(edges[k])
+            else:
+                bulks.append(_Bulk(lo=float(start), hi=float(edges[k])))
+                start = None
+        if start is not None:
+            bulks.append(_Bulk(lo=float(start), hi=float(lam[-1])))
+        return bulks
+
+    def _fill_bulks(self, ft: FeatureTypes, bulks: list[_Bulk]) -> None:
+        """Chebyshev grid per bulk, density, masses, class shares and residuals on the final grid."""
+        nb = len(bulks)
+        per = max(8, (self.n_lambda - 2 * nb) // max(nb, 1))
+        theta = (np.arange(per) + 0.5) * np.pi / per
+        lam_all, th_all, owner = [], [], []
+        for k, b in enumerate(bulks):
+            mid, half = 0.5 * (b.lo + b.hi), 0.5 * (b.hi - b.lo)
+            lam_all.append(mid - half * np.cos(theta))
+            th_all.append(theta)
+            owner.append(np.full(per, k))
+        lam = np.concatenate(lam_all)
+        th = np.concatenate(th_all)
+        own = np.concatenate(owner)
+        x = self._warm_solve(ft, lam)
+        z = lam + 1j * self.epsilon
+        res, _, parts = relative_residual(ft, z, x)
+        q = parts["Qbar"] @ ft.node_weights
+        dens = np.maximum(q.imag, 0.0) / np.pi
+        for k, b in enumerate(bulks):
+            sel = own == k
+            half = 0.5 * (b.hi - b.lo)
+            b.mass = float(half * np.pi / per * np.sum(dens[sel] * np.sin(th[sel])))
+            b.lam, b.density = lam[sel], dens[sel]
+        shares = self.class_traces(ft, z, x, parts)
+        # output grid: bulk points plus zero-density points at every edge
+        edge_pts = np.array([[b.lo, b.hi] for b in bulks]).ravel()
+        order = np.argsort(np.concatenate([lam, edge_pts]), kind="stable")
+        self.lambda_ = np.concatenate([lam, edge_pts])[order]
+        self.density_ = np.concatenate([dens, np.zeros(edge_pts.size)])[order]
+        pad = lambda arr: np.concatenate([arr, np.full(edge_pts.size, np.nan, dtype=arr.dtype)])[order]  # noqa: E731
+        self.residual_ = np.concatenate([res, np.zeros(edge_pts.size)])[order]
+        self.q_ = pad(q.astype(np.complex128))
+        self.solution_ = np.concatenate([x, np.full((edge_pts.size, x.shape[1]), np.nan + 0j)])[order]
+        tr = shares["train_trace"]  # (P, K): (1/p) tr(U_c Q)
+        num = (ft.weights[None, :] * tr).imag
+        tot = num.sum(axis=1, keepdims=True)
+        share = np.where(tot > 0, num / np.where(tot > 0, tot, 1.0), np.nan)
+        self.class_share_ = np.stack([pad(share[:, c]) for c in range(ft.n_classes)])
+        self.bulks_ = bulks
+        # quadrature on the bulk grid: int f(lambda) dlambda ~= sum_k weights_k f(lambda_k)
+        halves = np.array([0.5 * (b.hi - b.lo) for b in bulks])
+        self.grid_ = {"lambda": lam, "weights": halves[own] * np.pi / per * np.sin(th), "solution": x, "owner": own}
+        self.theta_ = th
+        self.points_per_bulk_ = per
+
+    def _warm_solve(self, ft: FeatureTypes, lam: Array) -> CArray:
+        """Solve at lam + i eps by Newton from the scan solution interpolated in lambda (continuation in
+        lambda); points that do not converge get a fresh continuation in eps."""
+        tol = self._newton_tol
+        scan_lam, scan_x = self.scan_["lambda"], self.scan_["solution"]
+        x0 = np.stack([np.interp(lam, scan_lam, scan_x[:, j].real) + 1j * np.interp(lam, scan_lam, scan_x[:, j].imag)
+                       for j in range(scan_x.shape[1])], axis=1)
+        z = lam + 1j * self.epsilon
+        x, res = newton(ft, z, x0, tol=tol)
+        bad = ~(res <= 10 * tol)
+        if bad.any():
+            xb, _, _ = solve_on_line(ft, lam[bad], self.epsilon, eps_start=self.upper_bound_, tol=tol)
+            x[bad] = xb
+        return x
+
+    @staticmethod
+    def class_traces(ft: FeatureTypes, z: CArray, x: CArray, parts: dict | None = None) -> dict[str, CArray]:
+        """Per-class resolvent traces at z (P,) (``docs/theory.md`` §5.1), each (P, K):
+
+        ``train_trace``  (1/p) tr(U_c Q)  with U_c the class-c training moment,
+        ``test_trace``   (1/p) tr(Ubar_c Q) with Ubar_c = E_x[E_eta phi phi^T | class c] (centroid spike dropped),
+        ``vv``           (1/d) tr(V^T Q V) (P,), ``vc`` (1/d) tr(V^T Q V_c) (P, K).
+        """
+        if parts is None:
+            parts = resolvent_parts(ft, z, x)
+        qw = parts["Qbar"] * ft.node_weights
+        delta, T = parts["delta"], parts["T"]
+        tdiag = np.einsum("pcc->pc", T)
+        ratio = ft.psi_n / ft.psi_p
+        noise = ft.delta_t * tdiag / ft.psi_p + qw @ ft.s2.T  # (1/p) tr(B_c Q)
+        train = ratio * delta / (1.0 + delta) + noise
+        test = ratio * delta + noise
+        vc = ft.delta_t * np.einsum("l,plc->pc", ft.weights, T)
+        vv = vc @ ft.weights
+        return {"train_trace": train, "test_trace": test, "vv": vv, "vc": vc}
+
+    # --------------------------------------------------------------------------------------- outliers
+    def _spike_matrix(self, ft: FeatureTypes, theta: Array, x: CArray) -> Array:
+        """S(theta) = diag(1 + delta) + p diag(sqrt rho) E[kappa0 kappa0^T Qbar] diag(sqrt rho), (P, K, K) real."""
+        parts = resolvent_parts(ft, theta + 0j, x)
+        p = ft.psi_p * ft.dim
+        qw = (parts["Qbar"] * ft.node_weights).real
+        kk = p * np.einsum("kn,ln,pn->pkl", ft.kappa0, ft.kappa0, qw)
+        sr = np.sqrt(ft.weights)
+        s = kk * sr[None, :, None] * sr[None, None, :]
+        k = ft.n_classes
+        s[:, np.arange(k), np.arange(k)] += 1.0 + parts["delta"].real
+        return s
+
+    def _find_outliers(self, ft: FeatureTypes) -> Array:
+        p = ft.psi_p * ft.dim
+        spike = p * float((ft.weights * (ft.kappa0**2 @ ft.node_weights)).sum())
+        if spike <= 0 or not len(self.bulks_):
+            return np.zeros(0)
+        top = self.bulks_[-1].hi
+        # the centroid spikes are O(p): their outliers lie above the top edge of the bulk
+        segments = [(top, 2.0 * (spike + top) + 1.0)]
+        roots = []
+        for lo, hi in segments:
+            if hi <= lo * (1 + 1e-9):
+                continue
+            gap = hi - lo
+            th = lo + gap * np.concatenate([np.geomspace(1e-6, 0.5, 60), 1 - np.geomspace(0.5, 1e-6, 20)[1:]])
+            x, res, _ = solve_on_line(ft, th, 1e-13 * max(1.0, hi), eps_start=self.upper_bound_ + hi,
+                                      tol=self._newton_tol)
+            ok = res < 1e-8
+            x = x.copy()
+            x.imag = 0.0
+            det = np.linalg.det(self._spike_matrix(ft, th, x))
+            det[~ok] = np.nan
+            sgn = np.sign(det)
+            for i in np.nonzero(sgn[:-1] * sgn[1:] < 0)[0]:
+                xw = x[i : i + 1]
+
+                def f(t: float, xw=xw) -> float:
+                    xs, _ = newton(ft, np.array([t + 0j]), xw.copy(), tol=self._newton_tol)
+                    return float(np.linalg.det(self._spike_matrix(ft, np.array([t]), xs.real + 0j))[0])
+
+                try:
+                    roots.append(brentq(f, th[i], th[i + 1], xtol=1e-12 * th[i + 1], rtol=1e-12))
+                except ValueError:
+                    continue
+        return np.sort(np.array(roots))
+
+    # -------------------------------------------------------------------------------------------- output
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``classdiff spectrum`` (DESIGN.md keys plus extras)."""
+        self._check_fitted()
+        ft = self.types_
+        return {
+            "lambda": self.lambda_,
+            "density": self.density_,
+            "edges": self.edges_.tolist(),
+            "outliers": self.outliers_.tolist(),
+            "masses": self.masses_.tolist(),
+            "atoms": [[float(a), float(m)] for a, m in self.atoms_],
+            "total_mass": self.total_mass_,
+            "max_residual": float(np.nanmax(self.residual_)),
+            "class_share": self.class_share_,
+            "bulk_class": self.bulk_classes(),
+            "p": round(ft.psi_p * ft.dim),
+            "n": round(ft.psi_n * ft.dim),
+            "d": ft.dim,
+        }
+
+    def bulk_classes(self) -> list[int | None]:
+        """Per bulk, the class owning more than 2/3 of its modes (mass-weighted share), else None."""
+        self._check_fitted()
+        out: list[int | None] = []
+        for b in self.bulks_:
+            sel = (self.lambda_ >= b.lo) & (self.lambda_ <= b.hi) & (self.density_ > 0)
+            if not sel.any():
+                out.append(None)
+                continue
+            w = self.density_[sel]
+            share = np.nansum(self.class_share_[:, sel] * w, axis=1) / w.sum()
+            c = int(np.argmax(share))
+            out.append(c if share[c] > 2.0 / 3.0 else None)
+        return out
+
+    def stieltjes(self, z: Any) -> CArray:
+        """q(z) at arbitrary complex points (Im z != 0 or outside the support), shape of ``z``."""
+        from classdiff.spectrum_solver import solve_points
+
+        self._check_fitted()
+        zz = np.atleast_1d(np.asarray(z, dtype=np.complex128))
+        flip = zz.imag < 0
+        zs = np.where(flip, zz.conj(), zz)
+        x, _ = solve_points(self.types_, zs, tol=self._newton_tol)
+        q = resolvent_parts(self.types_, zs, x)["Qbar"] @ self.types_.node_weights
+        return np.where(flip, q.conj(), q).reshape(np.shape(z))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "density_"):
+            raise RuntimeError("FeatureSpectrum: call fit() first")
+
+
+def spectrum_from_config(config: Any) -> dict[str, Any]:
+    """Pure function of a :class:`classdiff.config.Config`: the ``spectrum`` JSON (DESIGN.md)."""
+    th = config.theory
+    spec = FeatureSpectrum(n_lambda=th.n_lambda, epsilon=th.epsilon, tolerance=th.tolerance, n_scan=th.n_scan).fit(config)
+    return spec.to_dict()

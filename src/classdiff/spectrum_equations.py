@@ -1,0 +1,244 @@
+"""Self-consistent (deterministic-equivalent) equations for the resolvent of the feature covariance U.
+
+This module holds the per-feature-type Gaussian-equivalent constants of a K-class mixture and the
+vectorised fixed-point map whose solution gives q(z) = (1/p) tr (U - z)^{-1}; ``docs/theory.md`` §3–§4
+derives it. Notation (as in ``DESIGN.md`` and ``docs/theory.md``):
+
+* classes c = 1..K with training fractions rho_c, variances sigma_c^2, centroids mu_c = m_c sqrt(d) u_c;
+* a feature i has a *type*: its pre-activation means m_{c,i} = e^{-t} w_i.mu_c / sqrt(d), jointly Gaussian over
+  c with covariance e^{-2t} (mu_c.mu_k / d); the GE constants a_{c,i}, v2_{c,i}, s2_{c,i}, kappa0_{c,i} are
+  functions of the type only (``classdiff.features.equivalence_constants``). Expectations over types are a
+  quadrature: nodes xi_j with weights omega_j (tensor Gauss–Hermite in the rank r <= 3 of the centroid Gram
+  matrix, a seeded scrambled Sobol rule beyond);
+* A_c = e^{-2t} sigma_c^2, Delta = Delta_t, psi_p = p/d, psi_n = n/d.
+
+Unknowns at each spectral parameter z (Im z > 0): delta_c (K,) and the symmetric K x K matrix
+Dm_{kl} = (1/d) tr(D_{a_k} D_{a_l} Qbar). With gamma_c = rho_c/(1 + delta_c),
+
+    G_c      = rho_c Delta + gamma_c A_c                                   (coefficient of D_{a_c} K D_{a_c})
+    Lambda_j = sum_c rho_c s2_{c,j} + sum_c gamma_c v2_{c,j}               (diagonal part, per type)
+    M        = diag(G) (I + Dm diag(G))^{-1}
+    Qbar_j   = 1 / (Lambda_j - z + a_j^T M a_j)                            (diagonal resolvent, per type)
+    Dm      <- psi_p E_j[a_j a_j^T Qbar_j]
+    delta_c <- (1/psi_n) A_c [Dm (I + diag(G) Dm)^{-1}]_{cc} + (psi_p/psi_n) E_j[v2_{c,j} Qbar_j]   (F)
+
+and q = E_j[Qbar_j]. All functions act on a batch of z values at once (leading axis of length P).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache, cached_property
+
+import numpy as np
+from numpy.typing import NDArray
+
+from classdiff.features import equivalence_constants, gauss_hermite
+from classdiff.process import noise_variance, signal_scale
+
+__all__ = ["FeatureTypes", "feature_types", "fixed_point_map", "residual", "resolvent_parts", "unpack"]
+
+Array = NDArray[np.float64]
+CArray = NDArray[np.complex128]
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureTypes:
+    """GE constants per class and per feature type, and the type quadrature.
+
+    Attributes (K classes, N type nodes):
+    ``weights`` rho_c (K,); ``variances`` sigma_c^2 (K,); ``node_weights`` omega_j (N,), summing to 1;
+    ``means`` pre-activation means m_{c,j} (K, N); ``a``, ``v2``, ``s2``, ``kappa0`` (K, N);
+    ``time`` t, ``psi_p``, ``psi_n``, ``dim`` d (only the outliers depend on d), ``activation``.
+    """
+
+    weights: Array
+    variances: Array
+    node_weights: Array
+    means: Array
+    a: Array
+    v2: Array
+    s2: Array
+    kappa0: Array
+    time: float
+    psi_p: float
+    psi_n: float
+    dim: int
+    activation: str
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.weights.size)
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.node_weights.size)
+
+    @property
+    def delta_t(self) -> float:
+        return float(noise_variance(self.time))
+
+    @property
+    def signal_variances(self) -> Array:
+        """A_c = e^{-2t} sigma_c^2, shape (K,)."""
+        return float(signal_scale(self.time)) ** 2 * self.variances
+
+    @cached_property
+    def aa(self) -> Array:
+        """Products a_{k,j} a_{l,j}, shape (K*K, N) (row k*K + l)."""
+        k = self.n_classes
+        return (self.a[:, None, :] * self.a[None, :, :]).reshape(k * k, -1)
+
+    @property
+    def n_unknowns(self) -> int:
+        k = self.n_classes
+        return k + k * (k + 1) // 2
+
+    @property
+    def s2_bar(self) -> Array:
+        """sum_c rho_c s2_{c,j}, shape (N,)."""
+        return self.weights @ self.s2
+
+    @property
+    def has_atom(self) -> bool:
+        """True when every feature has the same constants (no centroids): U then has an atom at s2_bar."""
+        return self.n_nodes == 1
+
+    def atom(self) -> tuple[float, float] | None:
+        """(location, mass) of the delta peak of the spectrum, or None.
+
+        With identical feature types, the p - d - n directions orthogonal to the columns of W and to the n
+        sample directions are eigenvectors with eigenvalue sum_c rho_c s2_c (``docs/theory.md`` §3.3).
+        """
+        mass = 1.0 - (1.0 + self.psi_n) / self.psi_p
+        if not self.has_atom or mass <= 0:
+            return None
+        return float(self.s2_bar[0]), float(mass)
+
+
+def _type_nodes(gram: Array, n_max: int, seed: int) -> tuple[Array, Array]:
+    """Quadrature for E over m ~ N(0, gram) (K-dim): nodes (K, N) and weights (N,).
+
+    The rank r of ``gram`` sets the dimension; r = 0 gives one node at 0; r <= 3 a tensor Gauss–Hermite rule
+    with floor(n_max^(1/r)) points per axis; r > 3 a scrambled Sobol rule of n_max points (seeded).
+    """
+    k = gram.shape[0]
+    evals, evecs = np.linalg.eigh(0.5 * (gram + gram.T))
+    keep = evals > 1e-12 * max(1.0, float(np.abs(evals).max(initial=0.0)))
+    if not np.any(keep):
+        return np.zeros((k, 1)), np.ones(1)
+    L = evecs[:, keep] * np.sqrt(evals[keep])  # (K, r)
+    r = L.shape[1]
+    if r <= 3:
+        m = {1: n_max, 2: max(8, n_max // 3), 3: max(6, n_max // 6)}[r]
+        z, w = gauss_hermite(m)
+        grids = np.meshgrid(*([z] * r), indexing="ij")
+        wgrids = np.meshgrid(*([w] * r), indexing="ij")
+        xi = np.stack([g.ravel() for g in grids])  # (r, N)
+        wt = np.prod(np.stack([g.ravel() for g in wgrids]), axis=0)
+        # drop negligible nodes (tensor-product corners) to save work
+        keepn = wt > 1e-6 * wt.max()
+        xi, wt = xi[:, keepn], wt[keepn]
+    else:
+        from scipy.stats import norm, qmc
+
+        u = qmc.Sobol(d=r, scramble=True, seed=seed).random(int(2 ** np.ceil(np.log2(n_max))))
+        xi = norm.ppf(u).T
+        wt = np.full(xi.shape[1], 1.0 / xi.shape[1])
+    return L @ xi, wt / wt.sum()
+
+
+def feature_types(
+    weights, variances, centroids, time: float, psi_p: float, psi_n: float, activation: str = "tanh",
+    n_nodes: int = 48, seed: int = 0,
+) -> FeatureTypes:
+    """Build :class:`FeatureTypes` for a mixture.
+
+    Parameters
+    ----------
+    weights : (K,) training fractions rho_c (sum 1).
+    variances : (K,) class variances sigma_c^2.
+    centroids : (K, d) class means mu_c (only their Gram matrix mu_c.mu_k/d and d matter).
+    time, psi_p, psi_n, activation : model parameters.
+    n_nodes : quadrature budget for the type average (per axis n_nodes^(1/r)).
+    """
+    rho = np.asarray(weights, dtype=np.float64)
+    var = np.asarray(variances, dtype=np.float64)
+    mu = np.atleast_2d(np.asarray(centroids, dtype=np.float64))
+    k, d = mu.shape
+    if rho.shape != (k,) or var.shape != (k,):
+        raise ValueError(f"weights, variances: shapes {rho.shape}, {var.shape}; expected ({k},) to match centroids")
+    if psi_p <= 0 or psi_n <= 0:
+        raise ValueError(f"psi_p = {psi_p!r}, psi_n = {psi_n!r}: must be > 0")
+    e_t = float(signal_scale(time))
+    gram = e_t**2 * (mu @ mu.T) / d
+    means, node_w = _type_nodes(gram, n_nodes, seed)
+    consts = [equivalence_constants(activation, time, float(var[c]), means[c]) for c in range(k)]
+    stack = lambda name: np.stack([np.broadcast_to(getattr(g, name), means[c].shape) for c, g in enumerate(consts)])  # noqa: E731
+    return FeatureTypes(
+        weights=rho, variances=var, node_weights=node_w, means=means, a=stack("a"),
+        v2=np.maximum(stack("v2"), 0.0), s2=np.maximum(stack("s2"), 0.0), kappa0=stack("kappa0"),
+        time=float(time), psi_p=float(psi_p), psi_n=float(psi_n), dim=int(d), activation=activation,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# packing of the unknowns x = (delta_1..delta_K, Dm_kl for k <= l)
+
+
+@cache
+def _triu(k: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    return np.triu_indices(k)
+
+
+def unpack(ft: FeatureTypes, x: CArray) -> tuple[CArray, CArray]:
+    """x (P, n_unknowns) -> delta (P, K), Dm (P, K, K) symmetric."""
+    k = ft.n_classes
+    delta = x[:, :k]
+    iu = _triu(k)
+    dm = np.zeros((x.shape[0], k, k), dtype=np.complex128)
+    dm[:, iu[0], iu[1]] = x[:, k:]
+    dm[:, iu[1], iu[0]] = x[:, k:]
+    return delta, dm
+
+
+def pack(ft: FeatureTypes, delta: CArray, dm: CArray) -> CArray:
+    iu = _triu(ft.n_classes)
+    return np.concatenate([delta, dm[:, iu[0], iu[1]]], axis=1)
+
+
+def resolvent_parts(ft: FeatureTypes, z: CArray, x: CArray) -> dict[str, CArray]:
+    """Everything the map (F) builds from the unknowns x (P, n_unknowns) at spectral parameters z (P,).
+
+    Returns ``gamma`` (P, K), ``G`` (P, K), ``Qbar`` (P, N), ``T`` (P, K, K) = Dm (I + diag(G) Dm)^{-1}
+    (so that tr(D_{a_k} K D_{a_l} Q) = d T_kl), ``M`` (P, K, K), ``delta``, ``Dm``.
+    """
+    delta, dm = unpack(ft, x)
+    k = ft.n_classes
+    gamma = ft.weights / (1.0 + delta)
+    G = ft.weights * ft.delta_t + gamma * ft.signal_variances
+    eye = np.eye(k)
+    # M = diag(G) (I + Dm diag(G))^{-1}
+    inv1 = np.linalg.inv(eye + dm * G[:, None, :])
+    M = G[:, :, None] * inv1
+    lam = ft.s2_bar[None, :] + gamma @ ft.v2  # (P, N)
+    quad = M.reshape(M.shape[0], k * k) @ ft.aa
+    qbar = 1.0 / (lam - z[:, None] + quad)
+    T = dm @ np.linalg.inv(eye + G[:, :, None] * dm)
+    return {"gamma": gamma, "G": G, "M": M, "Qbar": qbar, "T": T, "delta": delta, "Dm": dm}
+
+
+def fixed_point_map(ft: FeatureTypes, z: CArray, x: CArray) -> tuple[CArray, dict[str, CArray]]:
+    """The map (F): new unknowns (P, n_unknowns) and the intermediate quantities of :func:`resolvent_parts`."""
+    parts = resolvent_parts(ft, z, x)
+    qw = parts["Qbar"] * ft.node_weights  # (P, N)
+    k = ft.n_classes
+    dm_new = ft.psi_p * (qw @ ft.aa.T).reshape(-1, k, k)
+    tdiag = np.einsum("pcc->pc", parts["T"])
+    delta_new = (ft.signal_variances * tdiag + ft.psi_p * qw @ ft.v2.T) / ft.psi_n
+    return pack(ft, delta_new, dm_new), parts
+
+
+def residual(ft: FeatureTypes, z: CArray, x: CArray) -> CArray:
+    """F(x) - x, shape (P, n_unknowns)."""
+    return fixed_point_map(ft, z, x)[0] - x

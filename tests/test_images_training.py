@@ -1,0 +1,224 @@
+"""U-Net, DDPM training (loss falls, SIGKILL + resume is bit-identical), DDIM sampling, evaluation and CLI.
+
+All on tiny U-Nets and synthetic idx files written by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from classdiff.config import Config, ImagesConfig, save_config
+from classdiff.images.ddpm import DDPMSchedule, batch_indices, checkpoint_steps, list_checkpoints, train_unet
+from classdiff.images.fashion_mnist import write_synthetic_fashion_mnist
+from classdiff.images.sampling import ddim_sample, ddim_steps, fixed_noise
+from classdiff.images.unet import UNet
+from classdiff.process import ddpm_alpha_bar, ddpm_time
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_synthetic_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train_per_class=20, n_test_per_class=8)
+
+
+def tiny(**kw) -> ImagesConfig:
+    base = dict(classes=(1, 4), counts=(16, 4), width=8, channel_mults=(1,), attention=(False,), dropout=0.0,
+                num_res_blocks=1,
+                batch_size=8, steps=40, n_checkpoints=4, learning_rate=2e-3, n_samples=24, sampler_steps=4,
+                n_bootstrap=50, loss_images=8, loss_noise_draws=1, classifier_epochs=1, device="cpu")
+    base.update(kw)
+    return ImagesConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------------ U-Net
+
+
+def test_unet_shapes_and_conditioning():
+    m = UNet(8, (1, 2, 4), (False, True, True), dropout=0.1, num_classes=3).eval()
+    x = torch.randn(2, 1, 28, 28)
+    out = m(x, torch.tensor([3, 999]), torch.tensor([0, 2]))
+    assert out.shape == (2, 1, 28, 28)
+    assert torch.all(out == 0)  # zero-initialised output conv
+    with pytest.raises(ValueError, match="class labels are required"):
+        m(x, torch.tensor([1, 2]))
+
+
+def test_unet_rejects_bad_geometry():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        UNet(12)
+    with pytest.raises(ValueError, match="at most 3 levels"):
+        UNet(8, (1, 1, 1, 1), (False,) * 4)
+    with pytest.raises(ValueError, match="one flag per level"):
+        UNet(8, (1, 2), (False,))
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+
+
+def test_schedule_uses_the_package_conventions():
+    s = DDPMSchedule("linear", 1000)
+    np.testing.assert_array_equal(s.alpha_bar, ddpm_alpha_bar("linear", 1000))
+    np.testing.assert_array_equal(s.ou_time, ddpm_time(s.alpha_bar))
+    k = s.step_for_time(0.1)
+    assert abs(s.ou_time[k] - 0.1) <= np.max(np.diff(s.ou_time[max(k - 1, 0):k + 2]))
+    x0, eps = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
+    kk = torch.tensor([0, 500, 999])
+    ab = torch.tensor(s.alpha_bar[[0, 500, 999]], dtype=torch.float32)[:, None, None, None]
+    torch.testing.assert_close(s.add_noise(x0, kk, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+
+
+def test_checkpoint_steps_and_batch_order():
+    cs = checkpoint_steps(10000, 12)
+    assert cs[0] == 1 and cs[-1] == 10000 and cs == sorted(set(cs))
+    ratios = np.diff(np.log(cs))
+    assert ratios.max() < 1.2  # log-spaced
+    assert checkpoint_steps(5, 20) == [1, 2, 3, 4, 5]
+    # consecutive steps walk through a permutation per epoch; a pure function of (seed, step)
+    n, b = 10, 4
+    seq = np.concatenate([batch_indices(3, s, n, b) for s in range(5)])  # 20 = two epochs
+    assert sorted(seq[:10]) == list(range(10)) and sorted(seq[10:]) == list(range(10))
+    np.testing.assert_array_equal(batch_indices(3, 2, n, b), seq[8:12])
+    assert not np.array_equal(batch_indices(4, 0, n, b), batch_indices(3, 0, n, b))
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+class _SinglePointDenoiser(torch.nn.Module):
+    """The exact noise predictor when the data distribution is a single image x*: eps = (x_k - sqrt(ab) x*)/sqrt(1-ab)."""
+
+    def __init__(self, target: torch.Tensor, alpha_bar: np.ndarray) -> None:
+        super().__init__()
+        self.target = target
+        self.ab = torch.tensor(alpha_bar, dtype=torch.float32)
+
+    def forward(self, x, k, y=None):
+        a = self.ab[k][:, None, None, None]
+        return (x - a.sqrt() * self.target) / (1 - a).sqrt()
+
+
+def test_ddim_recovers_the_single_training_point_and_is_deterministic():
+    s = DDPMSchedule("cosine", 1000)
+    target = torch.rand(1, 1, 28, 28) * 2 - 1
+    model = _SinglePointDenoiser(target, s.alpha_bar)
+    noise = fixed_noise(5, seed=11)
+    torch.testing.assert_close(noise, fixed_noise(5, seed=11))
+    out = ddim_sample(model, s, noise, sampler_steps=10, clip=False)
+    torch.testing.assert_close(out, target.expand(5, -1, -1, -1), atol=1e-4, rtol=0)
+    steps = ddim_steps(1000, 10)
+    assert steps[0] == 999 and steps[-1] == 0 and np.all(np.diff(steps) < 0)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_training_loss_falls_over_200_steps(tmp_path, data_dir):
+    cfg = tiny(steps=200, n_checkpoints=3, batch_size=4)
+    res = train_unet(Config(images=cfg), tmp_path / "run", data_root=data_dir, progress=False)
+    loss = np.array(res["loss"])
+    assert len(loss) == 200
+    assert loss[-40:].mean() < 0.6 * loss[:20].mean()
+    assert res["checkpoints"] == checkpoint_steps(200, 3)
+    assert (tmp_path / "run" / "config.toml").is_file()
+    idx = json.loads((tmp_path / "run" / "indices.json").read_text())
+    assert idx["counts"] == [16, 4] and len(idx["indices"]) == 20
+
+
+def _train_script(config_path, out, data_dir) -> str:
+    return textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(1)
+        from classdiff.config import load_config
+        from classdiff.images.ddpm import train_unet
+        r = train_unet(load_config({str(config_path)!r}), {str(out)!r}, data_root={str(data_dir)!r}, progress=False)
+        print("RESUMED_FROM", r["resumed_from"])
+    """)
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
+    cfg = Config(images=tiny(steps=60, n_checkpoints=12, dropout=0.1, ema=0.9))
+    cfg_path = save_config(cfg, tmp_path / "c.toml")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-c", _train_script(cfg_path, killed, data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list_checkpoints(killed):
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    first = [s for s, _ in list_checkpoints(killed)]
+    assert first and first[-1] < 60, "the run finished before it could be killed"
+    # restart (in this process, same single thread) and an uninterrupted run
+    resumed = train_unet(cfg, killed, data_root=data_dir, progress=False)
+    assert resumed["resumed_from"] == first[-1]
+    uninterrupted = train_unet(cfg, clean, data_root=data_dir, progress=False)
+    assert uninterrupted["resumed_from"] is None
+    a = torch.load(list_checkpoints(killed)[-1][1], weights_only=False)
+    b = torch.load(list_checkpoints(clean)[-1][1], weights_only=False)
+    assert a["step"] == b["step"] == 60
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    for key in a["optimizer"]["state"]:
+        for name, v in a["optimizer"]["state"][key].items():
+            assert torch.equal(v, b["optimizer"]["state"][key][name])
+    assert a["history"] == b["history"]
+
+
+# ------------------------------------------------------------------------------------------------ evaluation + CLI
+
+
+def test_train_and_evaluate_cli(tmp_path, data_dir, monkeypatch):
+    from classdiff import cli
+
+    monkeypatch.setenv("CLASSDIFF_CACHE", str(tmp_path / "cache"))
+    cfg_path = save_config(Config(images=tiny(steps=30, n_checkpoints=3)), tmp_path / "c.toml")
+    run = tmp_path / "run"
+    assert cli.main(["train", str(cfg_path), "--out", str(run), "--data-dir", str(data_dir), "--no-progress"]) == 0
+    assert cli.main(["evaluate", str(run), "--out", str(tmp_path / "ev"), "--data-dir", str(data_dir),
+                     "--no-progress"]) == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["steps"] == checkpoint_steps(30, 3)
+    assert len(res["memorization"]) == 3
+    per_class = res["memorization"][-1]["classes"]
+    assert [c["label"] for c in per_class] == [1, 4]
+    assert sum(c["n_nearest"] for c in per_class) == 24
+    assert np.array(res["loss_train"]).shape == (3, 2, 3)
+    assert [c["label"] for c in res["measured"]["classes"]] == [1, 4]
+    assert "available" in res["theory"]
+    for stem in ("fmem_vs_step", "loss_gap_vs_step", "theory_vs_measured", "samples_step_00000030"):
+        assert (run / "figures" / f"{stem}.png").is_file()
+    for name in ("memorization.csv", "loss.csv", "quality.csv", "train_loss.csv", "evaluation.json"):
+        assert (run / "metrics" / name).is_file()
+    assert list((tmp_path / "cache").glob("classifier-*.pt"))  # the classifier was cached
+    # running train again on the finished folder resumes at the end and does nothing more
+    assert cli.main(["train", str(cfg_path), "--out", str(run), "--data-dir", str(data_dir), "--no-progress"]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["resumed_from"] == 30
+
+
+def test_subset_larger_than_class_is_a_clear_cli_error(tmp_path, data_dir, capsys):
+    from classdiff import cli
+
+    cfg_path = save_config(Config(images=tiny(counts=(16, 25))), tmp_path / "c.toml")
+    assert cli.main(["train", str(cfg_path), "--out", str(tmp_path / "r"), "--data-dir", str(data_dir)]) == 1
+    assert "class 4 (Coat): asked for 25 images but only 20 exist" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Predicted per-class timescales vs the closed-form random-features dynamics, internal identities, and the claims.
+
+The measured side is :class:`classdiff.rf_model.RandomFeaturesScore` (exact tanh features, exact noise average,
+fresh test points), read off with the same :mod:`classdiff.readoff` functions as the theory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classdiff.config import Config
+from classdiff.phase import centroid_vs_variance, reversal_boundary, variance_imbalance_diagram
+from classdiff.spectrum import FeatureSpectrum, types_from_config
+from classdiff.spectrum_losses import LossModel, mean_type_approximation
+from classdiff.timescales import class_timescales, timescales_from_config
+
+TAU = np.geomspace(0.1, 1e5, 120)
+BASE = {"mixture.dim": 50, "training.tau_min": 0.1, "training.tau_max": 1e5, "training.n_times": 120,
+        "theory.n_lambda": 160, "theory.n_scan": 150, "mixture.geometry": "antipodal"}
+
+# (psi_p, psi_n, t, variances, weights, centroid norms)
+SETTINGS = [
+    (2.0, 1.0, 0.1, [0.5, 2.0], [0.5, 0.5], [0, 0]),
+    (3.0, 1.5, 0.1, [0.5, 1.5], [0.7, 0.3], [0, 0]),
+    (2.0, 1.0, 0.1, [0.5, 2.0], [0.9, 0.1], [0, 0]),
+    (2.5, 2.0, 0.1, [0.5, 1.5], [0.5, 0.5], [0, 0]),
+    (1.5, 1.5, 0.1, [1.0, 2.0], [0.3, 0.7], [0, 0]),
+    (2.0, 1.0, 0.05, [0.5, 1.5], [0.5, 0.5], [0, 0]),
+    (2.0, 1.0, 0.3, [0.5, 1.5], [0.5, 0.5], [0, 0]),
+    (2.0, 1.5, 0.1, [1.5, 0.5], [0.8, 0.2], [0, 0]),
+    (3.0, 2.0, 0.1, [0.7, 1.4], [0.6, 0.4], [0, 0]),
+    (2.0, 1.0, 0.1, [0.5, 1.5], [0.5, 0.5], [0.5, 0.5]),
+    (2.0, 1.0, 0.1, [1.0, 1.0], [0.7, 0.3], [1.0, 0.3]),
+    (2.0, 1.0, 0.1, [0.5, 1.0, 2.0], [0.4, 0.3, 0.3], [0, 0, 0]),
+]
+
+
+def setting_config(psi_p, psi_n, t, var, w, m) -> Config:
+    over = BASE | {"model.psi_p": psi_p, "model.psi_n": psi_n, "model.time": t, "mixture.variances": var,
+                   "mixture.weights": w, "mixture.centroid_norms": m}
+    if len(w) != 2:
+        over["mixture.geometry"] = "orthogonal"
+    return Config().with_overrides(over)
+
+
+def measured_timescales(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form RF dynamics (exact features), as rf_model.dynamics_from_config, with a lighter test estimate."""
+    from classdiff.mixture import GaussianMixture
+    from classdiff.rf_model import RandomFeaturesScore
+
+    mixture = GaussianMixture.from_config(cfg.mixture)
+    d = cfg.mixture.dim
+    n, p = round(cfg.model.psi_n * d), round(cfg.model.psi_p * d)
+    est = RandomFeaturesScore(n_features=p, activation="tanh", time=cfg.model.time, seed=0, series_order=6,
+                              test_samples=300, score_samples=4, n_batches=2)
+    est.fit(mixture.sample(n, seed=0), mixture)
+    ts = est.timescales(TAU, 0.05, 0.5)
+    return ts["tau_gen"], ts["tau_mem"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_predicted_timescales_match_measured_dynamics(chunk):
+    """12 settings (6 per chunk): every tau within 25%; same learning order everywhere; same memorization order
+    wherever the measured tau_mem differ by more than 5% (below that the order is within seed scatter)."""
+    for setting in SETTINGS[chunk * 6 : (chunk + 1) * 6]:
+        cfg = setting_config(*setting)
+        th = class_timescales(cfg, tau=TAU)
+        gen, mem = measured_timescales(cfg)
+        np.testing.assert_allclose(th["tau_gen"], gen, rtol=0.25, err_msg=str(setting))
+        np.testing.assert_allclose(th["tau_mem"], mem, rtol=0.25, err_msg=str(setting))
+        assert list(np.argsort(th["tau_gen"])) == list(np.argsort(gen)), setting
+        for i in range(len(mem)):
+            for j in range(i + 1, len(mem)):
+                if abs(np.log(mem[i] / mem[j])) > np.log(1.05):
+                    assert (th["tau_mem"][i] < th["tau_mem"][j]) == (mem[i] < mem[j]), setting
+
+
+@pytest.fixture(scope="module")
+def loss_model() -> tuple[Config, LossModel]:
+    cfg = setting_config(2.0, 1.0, 0.1, [0.5, 2.0], [0.6, 0.4], [0, 0])
+    ft = mean_type_approximation(types_from_config(cfg))
+    spec = FeatureSpectrum(n_lambda=160, n_scan=150, outliers=False).fit(ft)
+    g = spec.grid_
+    return cfg, LossModel(ft, g["lambda"], g["weights"], g["solution"], spec.epsilon)
+
+
+def test_full_train_loss_matches_single_resolvent(loss_model):
+    """sum_c rho_c L_train,c(tau) = 1 - int w_VV(lambda) (1 - e^{-4 Delta lambda tau/psi_p}) / lambda dlambda, the exact
+    single-resolvent full train loss: checks the two-resolvent equations and the product quadrature."""
+    _, model = loss_model
+    ft = model.ft
+    curves = model.curves(np.append(TAU, np.inf))
+    full = ft.weights @ curves["train_loss"]
+    lam, w = model.lam, model.weights
+    e2 = np.exp(-4 * ft.delta_t * np.outer(lam, np.append(TAU, 0.0)) / ft.psi_p)
+    e2[:, -1] = 0.0
+    exact = 1 - ((w * model.vv_density() / lam)[:, None] * (1 - e2)).sum(0)
+    np.testing.assert_allclose(full, exact, atol=2e-3)
+
+
+def test_losses_start_at_one_and_gap_is_positive(loss_model):
+    _, model = loss_model
+    curves = model.curves(np.array([1e-6, np.inf]))
+    np.testing.assert_allclose(curves["train_loss"][:, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(curves["test_loss"][:, 0], 1.0, atol=1e-5)
+    assert np.all(curves["test_loss"][:, -1] > curves["train_loss"][:, -1])
+
+
+def test_timescales_json_keys_and_determinism():
+    cfg = setting_config(2.0, 1.0, 0.1, [0.5, 2.0], [0.5, 0.5], [0, 0]).with_overrides({"training.n_times": 60})
+    out = timescales_from_config(cfg)
+    assert [c["label"] for c in out["classes"]] == [0, 1]
+    for c in out["classes"]:
+        assert c["tau_gen"] > 0 and c["tau_mem"] > c["tau_gen"]
+    again = timescales_from_config(cfg)
+    assert [c["tau_gen"] for c in again["classes"]] == [c["tau_gen"] for c in out["classes"]]
+
+
+def test_reversal_boundary_interpolates_sign_change():
+    x = np.log(np.array([0.25, 0.5, 1.0, 2.0, 4.0]))
+    y = np.array([[1.0, 0.5, -0.5, -1.0, -2.0],   # flips at log 0.5/1: between 0.5 and 1 -> log ratio -0.3466
+                  [-1.0, -1.0, -1.0, -1.0, -1.0]])
+    b = reversal_boundary(x, y)
+    assert np.isnan(b[1])
+    np.testing.assert_allclose(b[0], 0.5 * (np.log(0.5) + np.log(1.0)))
+
+
+PHASE = {"mixture.dim": 50, "model.psi_p": 2.0, "model.psi_n": 1.0, "model.time": 0.1, "theory.n_lambda": 100,
+         "theory.n_scan": 120, "mixture.centroid_norms": [0.0, 0.0], "mixture.variances": [1.0, 1.0],
+         "mixture.weights": [0.5, 0.5]}
+
+
+def test_claims_on_the_phase_diagram():
+    """Claim 1: at balance the higher-variance class is learned first. Claim 2: centroid norms 0 -> 1 at fixed
+    variance move tau_gen less than the variance ratio 1/2 -> 2. Claim 3 (imbalance reverses the order) is NOT
+    reproduced by this theory: the reversal boundary is reported and is nan on this grid (docs/theory.md §6)."""
+    cfg = Config().with_overrides(PHASE)
+    tau = np.geomspace(0.1, 1e5, 100)
+    diag = variance_imbalance_diagram(cfg, [0.5, 2.0], [1 / 19, 1.0, 19.0], tau=tau)
+    bal = int(np.argmin(np.abs(np.log(diag["weight_ratios"]))))
+    # variance ratio sigma_0^2/sigma_1^2 = 0.5 -> class 1 (higher variance) first; 2.0 -> class 0 first
+    assert diag["learned_first"][0, bal] == 1 and diag["learned_first"][1, bal] == 0
+    assert np.all(np.isnan(diag["reversal_gen"]))
+    spread = centroid_vs_variance(cfg, [0.0, 1.0], [0.5, 2.0], tau=tau)
+    assert np.all(spread["centroid_spread_gen"] < spread["variance_spread_gen"])

@@ -176,3 +176,22 @@ def test_class_statistics_against_direct_computation():
     assert cfg.mixture.dim == 6 and cfg.mixture.weights == (0.8, 0.2)
     assert cfg.model.psi_n == pytest.approx(50 / 6)
     np.testing.assert_allclose(cfg.mixture.centroids, st.centroids)
+
+
+def test_predicted_order_maps_labels_and_is_guarded(monkeypatch):
+    import sys
+
+    from classdiff.images.stats import predicted_order
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.3, 0.5, (60, 40)), rng.normal(-0.3, 1.0, (20, 40))])
+    y = np.array([2] * 60 + [5] * 20)
+    st = image_class_statistics(x, y)
+    res = predicted_order(st)
+    if res["available"]:
+        assert [c["label"] for c in res["classes"]] == [2, 5]
+        assert sorted(res["learning_order"]) == [2, 5] and sorted(res["memorization_order"]) == [2, 5]
+        assert res["psi_n"] == pytest.approx(80 / 40)
+    monkeypatch.setitem(sys.modules, "classdiff.timescales", None)  # the theory module missing
+    res = predicted_order(st)
+    assert res["available"] is False and "classdiff.timescales is not available" in res["reason"]

@@ -227,6 +227,8 @@ def test_speciation_from_config_keys_and_determinism():
     for cls in a["classes"]:
         assert {"label", "t_speciation_theory", "t_speciation_simulated"} <= set(cls)
     assert np.array(a["curves"]["phi"]).shape == (6, 2)
+    assert a["speciation_order_theory"] == [0, 1]  # rho = 0.7 / 0.3: the majority commits first
+    assert sorted(a["speciation_order_simulated"]) == [0, 1]
 
 
 def test_cli_writes_results_and_figure(tmp_path):

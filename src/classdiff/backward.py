@@ -102,7 +102,8 @@ class _NumpyNoise:
 
     def __init__(self, seed: int, stream: int) -> None:
         children = np.random.SeedSequence([seed, stream]).spawn(_NOISE_CHUNKS)
-        self.gens = [np.random.default_rng(c) for c in children]
+        # SFC64: the fastest of numpy's bit generators here (~25% faster normals than the default PCG64)
+        self.gens = [np.random.Generator(np.random.SFC64(c)) for c in children]
 
     def fill(self, out: NDArray[np.float64]) -> NDArray[np.float64]:
         n = out.shape[0]
@@ -150,6 +151,12 @@ class _Numpy:
         """x += a y in place; ``y`` is overwritten (it is a scratch buffer)."""
         y *= a
         x += y
+        return x
+
+    @staticmethod
+    def add_scaled(x: NDArray, a: float, y: NDArray) -> NDArray:
+        """x += a y in place; ``y`` (e.g. a score callable's output) is left untouched."""
+        x += a * y
         return x
 
 
@@ -203,6 +210,8 @@ class _Torch:
     def axpy(x, a: float, y):
         """x += a y in place (fused)."""
         return x.add_(y, alpha=a)
+
+    add_scaled = axpy
 
 
 def _backend(backend: str, seed: int, device: str, dtype: str) -> _Numpy | _Torch:
@@ -370,7 +379,7 @@ def _step(score: ScoreFn, x: Any, t0: float, t1: float, method: str, noise: Any,
         else:
             s = bk.asarray(score(x, t0))
             x *= 1.0 + h
-            bk.axpy(x, 2.0 * h, s)
+            bk.add_scaled(x, 2.0 * h, s)
         gen, buf = noise[0], noise[1]
         bk.normal(gen, buf)
         bk.axpy(x, float(np.sqrt(2.0 * h)), buf)

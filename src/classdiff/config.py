@@ -336,7 +336,17 @@ class TheoryConfig(_Section):
 
 @dataclass(frozen=True)
 class ImagesConfig(_Section):
-    """U-Net diffusion on an imbalanced Fashion-MNIST subset."""
+    """U-Net diffusion on an imbalanced Fashion-MNIST subset (see :mod:`classdiff.images`).
+
+    Subset: ``classes`` with ``counts`` images each, or ``weights`` x ``n_train`` (largest remainders).
+    Model: ``width``, ``channel_mults``, ``attention`` (per level), ``dropout``, ``num_res_blocks``,
+    ``class_conditional``. DDPM: ``schedule``, ``num_diffusion_steps``; training: ``optimizer``, ``learning_rate``,
+    ``batch_size``, ``steps``, ``n_checkpoints`` (log-spaced), ``ema`` (0 = off). Evaluation: ``n_samples`` DDIM
+    samples with ``sampler_steps`` steps; memorized when d1/d2 < ``memorization_threshold``; ``n_bootstrap``
+    resamples for the intervals; per-class denoising loss at the OU times ``loss_times`` on up to ``loss_images``
+    images per class with ``loss_noise_draws`` noise draws; ``eval_batch_size``; ``classifier_epochs`` for the
+    cached Fashion-MNIST classifier.
+    """
 
     section: ClassVar[str] = "images"
     classes: tuple[int, ...] = (0, 1)

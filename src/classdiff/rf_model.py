@@ -634,9 +634,9 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
         seed = model.seed + s
         est = RandomFeaturesScore(
             n_features=p, activation=model.activation, time=model.time, seed=seed, ridge=model.ridge,
-            method=method, series_order=getattr(model, "series_order", 12),
+            method=method, series_order=model.series_order,
             noise_samples=max(model.noise_samples, 1), test_samples=tr.test_samples,
-            score_samples=tr.score_samples, n_batches=getattr(tr, "n_batches", 8),
+            score_samples=tr.score_samples, n_batches=tr.n_batches,
         )
         data = mixture.sample(n, seed=seed)
         est.fit(data, mixture)

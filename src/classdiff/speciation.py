@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import brentq
-from scipy.special import expit, logsumexp
+from scipy.special import expit
 
 from classdiff.mixture import GaussianMixture
 from classdiff.process import noise_variance, signal_scale
@@ -176,6 +176,9 @@ def commitment_curves(
     y, chi, w = _nodes(r, d - r, not equal_var, n_nodes, n_chi, n_samples, seed)
     with np.errstate(divide="ignore"):
         logw = np.log(mixture.weights)
+    proj = y @ nu.T  # (M, K): y . nu_k
+    y2 = (y * y).sum(1)  # (M,)
+    sep = ((nu[:, None, :] - nu[None, :, :]) ** 2).sum(-1)  # (K, K): |nu_c - nu_k|^2
     out = np.empty((t.size, k))
     for i, ti in enumerate(t):
         a = float(signal_scale(ti))
@@ -184,13 +187,15 @@ def commitment_curves(
             if mixture.weights[c] == 0:
                 out[i, c] = np.nan
                 continue
-            pos = a * (nu[c] - nu)[None, :, :] + np.sqrt(g2[c]) * y[:, None, :]  # (M, K, r)
-            quad = (pos * pos).sum(-1)  # (M, K)
-            if not equal_var:
-                quad = quad + g2[c] * chi[:, None]
-            logits = logw[None, :] - 0.5 * quad / g2[None, :] - 0.5 * d * np.log(g2)[None, :]
-            post_c = np.exp(logits[:, c] - logsumexp(logits, axis=1))
-            out[i, c] = float(w @ post_c)
+            # |a (nu_c - nu_k) + G_c y|^2 = a^2 |nu_c - nu_k|^2 + 2 a G_c (y.nu_c - y.nu_k) + G_c^2 |y|^2
+            gc = np.sqrt(g2[c])
+            quad = (2.0 * a * gc) * (proj[:, c : c + 1] - proj)
+            quad += (a * a) * sep[c][None, :]
+            quad += (g2[c] * (y2 + chi) if not equal_var else g2[c] * y2)[:, None]
+            logits = (logw - 0.5 * d * np.log(g2))[None, :] - quad * (0.5 / g2)[None, :]
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            out[i, c] = float(w @ (logits[:, c] / logits.sum(axis=1)))
     return out
 
 
@@ -509,14 +514,17 @@ def _simulation_window(
     return hi, lo, min(t_end, lo)
 
 
-def speciation_from_config(config: Any) -> dict[str, Any]:
+def speciation_from_config(
+    config: Any, backend: str = "numpy", device: str = "auto", dtype: str = "float64"
+) -> dict[str, Any]:
     """Theory and cloning simulation of the per-class speciation times for ``config`` (pure function).
 
     Uses ``config.mixture`` (the data) and ``config.theory`` (n_trajectories, n_steps, t_max,
     n_branch_times, commitment_threshold, bootstrap, seed). The step is h = t_max / n_steps; the cloning run
     covers only [t_end, branch_hi] (see :func:`_simulation_window`), starting from exact draws of P_t there.
     The threshold is applied in the ``absolute`` mode (see :func:`commitment_levels`); the ``relative`` times
-    are reported alongside.
+    are reported alongside. ``backend``/``device``/``dtype`` select the array back end of the simulation
+    (:mod:`classdiff.backward`; e.g. ``"torch"`` on ``"cuda"``).
     Returns {"classes": [{"label", "weight", "chance_level", "t_speciation_theory", "t_speciation_simulated",
     "t_speciation_closed_form", "t_speciation_relative_theory", "t_speciation_relative_simulated",
     "committed_at_start"}, ...], "t_half_log_lambda", "top_eigenvalue", "curves": {...}, ...}.
@@ -528,7 +536,10 @@ def speciation_from_config(config: Any) -> dict[str, Any]:
     branch = np.linspace(hi, lo, th.n_branch_times)
     h = th.t_max / th.n_steps
     n_steps = max(2, round((hi - t_end) / h))
-    sim = simulate_commitment(mixture, branch, th.n_trajectories, n_steps, hi, t_end, th.seed, th.bootstrap)
+    sim = simulate_commitment(
+        mixture, branch, th.n_trajectories, n_steps, hi, t_end, th.seed, th.bootstrap,
+        backend=backend, device=device, dtype=dtype,
+    )
     levels_abs = commitment_levels(mixture.weights, th.commitment_threshold, "absolute")
     levels_rel = commitment_levels(mixture.weights, th.commitment_threshold, "relative")
     t_sim = read_speciation_times(sim["branch_times"], sim["phi"], levels_abs)
@@ -552,14 +563,23 @@ def speciation_from_config(config: Any) -> dict[str, Any]:
                 "n_ends": sim["ends"][:, c].tolist(),
             }
         )
+    def order(times: NDArray[np.float64]) -> list[int]:
+        # first to commit first: decreasing t_S (committed-at-start = +inf first), never-committed (nan) last
+        key = np.where(np.isnan(times), -np.inf, times)
+        return [int(i) for i in np.argsort(-key, kind="stable")]
+
     return {
         "classes": classes,
+        "speciation_order_theory": order(theory.t_theory),
+        "speciation_order_simulated": order(t_sim),
         "t_half_log_lambda": theory.t_balanced,
         "top_eigenvalue": theory.top_eigenvalue,
         "threshold": th.commitment_threshold,
         "threshold_mode": "absolute",
         "n_trajectories": th.n_trajectories,
         "n_steps": th.n_steps,
+        "backend": backend,
+        "dtype": dtype,
         "t_start": hi,
         "t_end": t_end,
         "step": (hi - t_end) / n_steps,

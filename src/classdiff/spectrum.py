@@ -142,16 +142,23 @@ class FeatureSpectrum:
         expected_gap = e2 / e1
         return (ratio > np.sqrt(expected_gap)) & (q2.imag > 1e-12)
 
-    def _indicator_at(self, ft: FeatureTypes, lam: Array, x_warm: CArray) -> tuple[NDArray[np.bool_], CArray]:
-        """Support indicator at new lambdas, by Newton from warm starts at the two eps levels."""
+    def _indicator_at(self, ft: FeatureTypes, lam: Array, x_warm: CArray,
+                      x_other: CArray | None = None) -> tuple[NDArray[np.bool_], CArray]:
+        """Support indicator at new lambdas, by Newton from warm starts at the two eps levels (then from the other
+        bracket end, then a fresh continuation in eps)."""
         tol = self._newton_tol
-        e2 = self.epsilon
+        e2 = max(self.epsilon, 1e-8 * float(np.max(np.abs(lam))))
         e1 = e2 * 10.0
         z1 = lam + 1j * e1
         xa, ra = newton(ft, z1, x_warm[0], tol=tol)
         z2 = lam + 1j * e2
         xb, rb = newton(ft, z2, x_warm[1], tol=tol)
         bad = (ra > 1e3 * tol) | (rb > 1e3 * tol)
+        if bad.any() and x_other is not None:
+            xa2, ra2 = newton(ft, z1[bad], x_other[0][bad], tol=tol)
+            xb2, rb2 = newton(ft, z2[bad], x_other[1][bad], tol=tol)
+            xa[bad], xb[bad], ra[bad], rb[bad] = xa2, xb2, ra2, rb2
+            bad = (ra > 1e3 * tol) | (rb > 1e3 * tol)
         if bad.any():  # fall back to a fresh continuation for those points
             _, _, kept = solve_on_line(ft, lam[bad], e2, eps_start=self.upper_bound_, tol=tol)
             xa[bad], xb[bad] = kept[-2][1], kept[-1][1]
@@ -172,7 +179,7 @@ class FeatureSpectrum:
         ia = inside[left].copy()
         xa = sols[:, left].copy()
         xb = sols[:, right].copy()
-        for _ in range(48):
+        for _ in range(14):
             if change.size == 0:
                 break
             width = b - a
@@ -180,13 +187,13 @@ class FeatureSpectrum:
                 break
             mid = 0.5 * (a + b)
             # warm start from the nearer bracket end of the same side as... use left end (continuous in lambda)
-            ind, xm = self._indicator_at(ft, mid, xa)
+            ind, xm = self._indicator_at(ft, mid, xa, xb)
             same_as_left = ind == ia
             a = np.where(same_as_left, mid, a)
             b = np.where(same_as_left, b, mid)
             xa = np.where(same_as_left[None, :, None], xm, xa)
             xb = np.where(same_as_left[None, :, None], xb, xm)
-        edges = 0.5 * (a + b)
+        edges = self._extrapolate_edges(ft, a, b, ia, xa, xb) if change.size else 0.5 * (a + b)
         # assemble bulks from the sequence of edges
         bulks: list[_Bulk] = []
         start = float(lam[0]) if inside[0] else None
@@ -199,6 +206,25 @@ class FeatureSpectrum:
         if start is not None:
             bulks.append(_Bulk(lo=float(start), hi=float(lam[-1])))
         return bulks
+
+    def _extrapolate_edges(self, ft: FeatureTypes, a: Array, b: Array, ia: NDArray[np.bool_], xa: CArray,
+                           xb: CArray) -> Array:
+        """Square-root edge: rho^2 is linear in lambda near an edge, so two bulk-side densities at distances h and 2h
+        from the gap-side bracket end locate the edge to O(h^2). Falls back to the bracket midpoint."""
+        gap_end = np.where(ia, b, a)  # ia: left end inside the bulk
+        bulk_end = np.where(ia, a, b)
+        x_bulk = np.where(ia[:, None], xa[1], xb[1])
+        h = bulk_end - gap_end
+        pts = np.concatenate([bulk_end, bulk_end + h])
+        x0 = np.concatenate([x_bulk, x_bulk])
+        z = pts + 1j * self.epsilon
+        x, res = newton(ft, z, x0, tol=self._newton_tol)
+        rho = (resolvent_parts(ft, z, x)["Qbar"] @ ft.node_weights).imag
+        r1, r2 = rho[: h.size] ** 2, rho[h.size :] ** 2
+        ok = (res[: h.size] < 1e-8) & (res[h.size :] < 1e-8) & (r2 > r1) & (r1 > 0)
+        edge = bulk_end - r1 * h / np.where(ok, r2 - r1, 1.0)
+        inside = ok & ((edge - gap_end) * (bulk_end - edge) >= 0)
+        return np.where(inside, edge, 0.5 * (a + b))
 
     def _fill_bulks(self, ft: FeatureTypes, bulks: list[_Bulk]) -> None:
         """Chebyshev grid per bulk, density, masses, class shares and residuals on the final grid."""

@@ -78,7 +78,7 @@ class FeatureTypes:
     def delta_t(self) -> float:
         return float(noise_variance(self.time))
 
-    @property
+    @cached_property
     def signal_variances(self) -> Array:
         """A_c = e^{-2t} sigma_c^2, shape (K,)."""
         return float(signal_scale(self.time)) ** 2 * self.variances
@@ -91,10 +91,11 @@ class FeatureTypes:
 
     @property
     def n_unknowns(self) -> int:
+        """K + K(K+1)/2 in general; K + 1 for one feature type, where Dm = psi_p q a a^T exactly (compact form)."""
         k = self.n_classes
-        return k + k * (k + 1) // 2
+        return k + 1 if self.n_nodes == 1 else k + k * (k + 1) // 2
 
-    @property
+    @cached_property
     def s2_bar(self) -> Array:
         """sum_c rho_c s2_{c,j}, shape (N,)."""
         return self.weights @ self.s2
@@ -192,9 +193,15 @@ def _triu(k: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
 
 
 def unpack(ft: FeatureTypes, x: CArray) -> tuple[CArray, CArray]:
-    """x (P, n_unknowns) -> delta (P, K), Dm (P, K, K) symmetric."""
+    """x (P, n_unknowns) -> delta (P, K), Dm (P, K, K) symmetric.
+
+    With one feature type the unknowns are (delta, q) and Dm = psi_p q a a^T (the map (F) keeps Dm rank one).
+    """
     k = ft.n_classes
     delta = x[:, :k]
+    if ft.n_nodes == 1:
+        a = ft.a[:, 0]
+        return delta, ft.psi_p * x[:, k, None, None] * np.outer(a, a)[None, :, :]
     iu = _triu(k)
     dm = np.zeros((x.shape[0], k, k), dtype=np.complex128)
     dm[:, iu[0], iu[1]] = x[:, k:]
@@ -202,7 +209,14 @@ def unpack(ft: FeatureTypes, x: CArray) -> tuple[CArray, CArray]:
     return delta, dm
 
 
-def pack(ft: FeatureTypes, delta: CArray, dm: CArray) -> CArray:
+def pack(ft: FeatureTypes, delta: CArray, dm: CArray, q: CArray | None = None) -> CArray:
+    """Inverse of :func:`unpack`; with one feature type the scalar q (P,) is stored instead of Dm (taken from Dm's
+    trace when not given)."""
+    if ft.n_nodes == 1:
+        if q is None:
+            a2 = float((ft.a[:, 0] ** 2).sum())
+            q = np.einsum("pkk->p", dm) / (ft.psi_p * a2) if a2 > 0 else np.zeros(dm.shape[0], dtype=np.complex128)
+        return np.concatenate([delta, np.asarray(q)[:, None]], axis=1)
     iu = _triu(ft.n_classes)
     return np.concatenate([delta, dm[:, iu[0], iu[1]]], axis=1)
 
@@ -236,7 +250,7 @@ def fixed_point_map(ft: FeatureTypes, z: CArray, x: CArray) -> tuple[CArray, dic
     dm_new = ft.psi_p * (qw @ ft.aa.T).reshape(-1, k, k)
     tdiag = np.einsum("pcc->pc", parts["T"])
     delta_new = (ft.signal_variances * tdiag + ft.psi_p * qw @ ft.v2.T) / ft.psi_n
-    return pack(ft, delta_new, dm_new), parts
+    return pack(ft, delta_new, dm_new, parts["Qbar"][:, 0] if ft.n_nodes == 1 else None), parts
 
 
 def residual(ft: FeatureTypes, z: CArray, x: CArray) -> CArray:

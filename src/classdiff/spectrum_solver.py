@@ -31,7 +31,8 @@ def initial_guess(ft: FeatureTypes, z: CArray) -> CArray:
     ea2 = (ft.a**2) @ w
     delta = -(ft.psi_p / ft.psi_n) * (ft.signal_variances * ea2 + ft.v2 @ w)[None, :] / z[:, None]
     dm = -ft.psi_p * np.einsum("kn,ln,n->kl", ft.a, ft.a, w)[None, :, :] / z[:, None, None]
-    return pack(ft, delta.astype(np.complex128), dm.astype(np.complex128))
+    q0 = -1.0 / z if ft.n_nodes == 1 else None
+    return pack(ft, delta.astype(np.complex128), dm.astype(np.complex128), q0)
 
 
 def relative_residual(ft: FeatureTypes, z: CArray, x: CArray) -> tuple[Array, CArray, dict]:

@@ -90,8 +90,10 @@ def class_timescales(
         from classdiff.spectrum import types_from_config
 
         ft = mean_type_approximation(types_from_config(cfg))
-        spec = FeatureSpectrum(n_lambda=min(th.n_lambda, 400), epsilon=th.epsilon, tolerance=th.tolerance,
-                               n_scan=th.n_scan, outliers=False).fit(ft)
+        # the loss model works on the product of the bulk grid with itself: keep it moderate, smaller for large K
+        n_grid = min(th.n_lambda, 400 if ft.n_classes <= 4 else 200)
+        spec = FeatureSpectrum(n_lambda=n_grid, epsilon=th.epsilon, tolerance=th.tolerance,
+                               n_scan=min(th.n_scan, 400 if ft.n_classes <= 4 else 200), outliers=False).fit(ft)
         if tau is None:
             tau = np.geomspace(tr.tau_min, tr.tau_max, max(tr.n_times, 200))
         tolerance, fraction = tr.gen_tolerance, tr.mem_fraction

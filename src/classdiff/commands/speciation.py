@@ -13,6 +13,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trajectories", type=int, default=None, help="override theory.n_trajectories")
     parser.add_argument("--steps", type=int, default=None, help="override theory.n_steps")
     parser.add_argument("--seed", type=int, default=None, help="override theory.seed")
+    parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                        help="array back end of the cloning simulation (default numpy)")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda when present), cpu, cuda")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="simulation precision (float32 only with --backend torch)")
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     }
     if overrides:
         config = config.with_overrides(overrides)
-    result = speciation_from_config(config)
+    result = speciation_from_config(config, backend=args.backend, device=args.device, dtype=args.dtype)
     curves = result["curves"]
     save_npz_atomic(out / "speciation.npz", **{k: np.asarray(v, dtype=np.float64) for k, v in curves.items()})
     plot_speciation(result, out / "speciation")

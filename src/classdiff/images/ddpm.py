@@ -256,6 +256,7 @@ def train_unet(
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     start, history, resumed_from = 0, {"step": [], "loss": []}, None
+    window: list[float] = []  # losses since the last logged point (saved, so a resumed history is identical)
     ckpts = list_checkpoints(out) if resume else []
     if ckpts:
         step0, path = ckpts[-1]
@@ -268,6 +269,7 @@ def train_unet(
         np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002 (restores the global state)
         random.setstate(state["rng"]["python"])
         history = state["history"]
+        window = list(state.get("loss_window", []))
         start, resumed_from = step0, step0
     net = model
     if distributed:
@@ -278,7 +280,6 @@ def train_unet(
     save_at = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
     log_every = max(1, cfg.steps // 200)
     local_b = cfg.batch_size // world
-    window: list[float] = []
     use_bf16 = device.startswith("cuda")
     bar = None
     if progress and rank == 0:
@@ -309,7 +310,13 @@ def train_unet(
                         ema[name].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
                     else:
                         ema[name].copy_(v)
-        window.append(float(loss.detach()))
+        logged = loss.detach()
+        if distributed:  # log the mean over all processes, i.e. over the whole mini-batch
+            import torch.distributed as dist
+
+            dist.all_reduce(logged)
+            logged = logged / world
+        window.append(float(logged))
         imgs += cfg.batch_size
         done = step + 1
         if done % log_every == 0 or done == cfg.steps:
@@ -324,7 +331,7 @@ def train_unet(
         if done in save_at and rank == 0:
             _save_checkpoint(out / CHECKPOINT_DIR / f"step_{done:08d}.pt", {
                 "step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "ema": ema, "history": history,
+                "ema": ema, "history": history, "loss_window": list(window),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
                         "python": random.getstate()},
                 "config": full.to_dict(),
@@ -335,6 +342,10 @@ def train_unet(
             dist.barrier()
     if bar is not None:
         bar.close()
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
     elapsed = time.perf_counter() - t0
     result = {
         "steps": history["step"], "loss": history["loss"],

@@ -63,8 +63,11 @@ def _first_per_class(labels: np.ndarray, classes: tuple[int, ...], cap: int) -> 
 
 
 def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, device: str | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Evaluate all checkpoints of ``run_dir`` (written by :func:`~classdiff.images.ddpm.train_unet`)."""
+                 progress: bool = True, use_ema: bool = False) -> dict[str, Any]:
+    """Evaluate all checkpoints of ``run_dir`` (written by :func:`~classdiff.images.ddpm.train_unet`).
+
+    ``use_ema`` evaluates the EMA weights (runs trained with ``images.ema > 0``) instead of the raw weights.
+    """
     import torch
 
     from classdiff.images.classifier import classifier_features, get_classifier
@@ -138,7 +141,9 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         _log(f"evaluate: checkpoint step {step}", progress)
         state = load_checkpoint(path, "cpu")
         model = build_model(cfg)
-        model.load_state_dict(state["model"])
+        if use_ema and state.get("ema") is None:
+            raise ValueError(f"{path}: no EMA weights (the run was trained with images.ema = 0)")
+        model.load_state_dict(state["ema"] if use_ema else state["model"])
         model.to(dev).eval()
         samples = ddim_sample(model, schedule, noise, sampler_steps=cfg.sampler_steps, labels=cond_labels,
                               batch_size=cfg.eval_batch_size, device=dev, progress=progress).numpy()
@@ -184,7 +189,7 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         return [lab for _, lab in sorted(vals)]
 
     result: dict[str, Any] = {
-        "run_dir": str(run), "device": dev, "classes": list(classes), "counts": list(loaded["counts"]),
+        "run_dir": str(run), "device": dev, "weights": "ema" if use_ema else "raw", "classes": list(classes), "counts": list(loaded["counts"]),
         "steps": steps, "loss_times": t_used, "loss_steps": ks,
         "statistics": stats.to_dict(), "classifier_test_accuracy": classifier_accuracy,
         "memorization": mem_records,

@@ -100,12 +100,22 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                          "measured memorization order": meas_m[i] if i < len(meas_m) else None,
                          "f_mem": None})
     unet = results.get("5-unet", {})
-    evaluation = unet.get("evaluation", unet)
-    for c in evaluation.get("classes", []) if isinstance(evaluation, dict) else []:
-        rows.append({"experiment": "U-Net Fashion-MNIST", "class": c.get("label"),
-                     "predicted order": c.get("predicted_order"), "measured order": c.get("measured_order"),
-                     "predicted memorization order": c.get("predicted_memorization_order"),
-                     "measured memorization order": c.get("measured_memorization_order"),
+    evaluation = unet.get("evaluation", {}) if isinstance(unet, dict) else {}
+    measured_u = evaluation.get("measured", {}) if isinstance(evaluation, dict) else {}
+    theory_u = evaluation.get("theory", {}) if isinstance(evaluation, dict) else {}
+
+    def rank_in(order: list[int] | None, label: int) -> int | None:
+        return order.index(label) + 1 if order and label in order else None
+
+    for c in measured_u.get("classes", []):
+        label = int(c["label"])
+        th_ok = bool(theory_u.get("available"))
+        rows.append({"experiment": "U-Net Fashion-MNIST", "class": label,
+                     "predicted order": rank_in(theory_u.get("learning_order"), label) if th_ok else None,
+                     "measured order": rank_in(measured_u.get("learning_order"), label),
+                     "predicted memorization order":
+                         rank_in(theory_u.get("memorization_order"), label) if th_ok else None,
+                     "measured memorization order": rank_in(measured_u.get("memorization_order"), label),
                      "f_mem": c.get("f_mem_final")})
     return rows
 

@@ -11,7 +11,9 @@ For each checkpoint (same DDIM starting noise at every checkpoint):
 Then the measured per-class times, read off with :mod:`classdiff.readoff` over optimizer steps:
 tau_gen,c (test loss at the first loss time), tau_mem,c (its train/test gap) and tau_fmem,c (first step at which
 f_mem,c reaches half its final value), beside the theory's predicted order from the per-class statistics of the
-training subset (:func:`classdiff.images.stats.predicted_order`).
+training subset (:func:`classdiff.images.stats.predicted_order`). A class whose final gap is below
+``MIN_RELATIVE_GAP`` of its final test loss has not memorized within the run: its tau_mem,c is reported as
+``None`` (not read off a curve that is noise around zero).
 
 Writes ``metrics/evaluation.json``, ``metrics/memorization.csv``, ``metrics/loss.csv``, ``metrics/quality.csv``,
 ``samples.npz`` (last checkpoint) and figures under ``figures/``.
@@ -30,7 +32,10 @@ from classdiff.config import load_config
 from classdiff.io import read_json, save_figure, save_npz_atomic, write_json_atomic
 from classdiff.readoff import crossing_time, generalization_time, memorization_time
 
-__all__ = ["evaluate_run", "format_comparison"]
+__all__ = ["MIN_RELATIVE_GAP", "evaluate_run", "format_comparison"]
+
+MIN_RELATIVE_GAP = 0.02
+"""Smallest final train/test gap, as a fraction of the final test loss, read as memorization."""
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -176,7 +181,9 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         rec: dict[str, Any] = {"label": int(c), "count": int(loaded["counts"][i])}
         if len(steps) >= 2:
             rec["tau_gen"] = float(generalization_time(steps_a, lte[:, i, 0]))
-            rec["tau_mem"] = float(memorization_time(steps_a, ltr[:, i, 0], lte[:, i, 0]))
+            gap_final = lte[-1, i, 0] - ltr[-1, i, 0]
+            rec["tau_mem"] = float(memorization_time(steps_a, ltr[:, i, 0], lte[:, i, 0])) \
+                if gap_final > MIN_RELATIVE_GAP * lte[-1, i, 0] else None
             final = fmem[-1, i]
             rec["tau_fmem"] = float(crossing_time(steps_a, np.nan_to_num(fmem[:, i]), 0.5 * final)) \
                 if np.isfinite(final) and final > 0 else None
@@ -185,7 +192,8 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         measured.append(rec)
 
     def order(key: str) -> list[int]:
-        vals = [(np.inf if r.get(key) is None or not np.isfinite(r[key]) else r[key], r["label"]) for r in measured]
+        """Labels of the classes whose time was observed in the run, earliest first (the others never got there)."""
+        vals = [(r[key], r["label"]) for r in measured if r.get(key) is not None and np.isfinite(r[key])]
         return [lab for _, lab in sorted(vals)]
 
     result: dict[str, Any] = {

@@ -8,7 +8,17 @@
 * :func:`centroid_vs_variance`: relative change of the times when the centroid norm moves (fixed variances) against
   the change when the variance ratio moves (claim 1 of the paper: variance first, centroid geometry second).
 
-Every grid point is :func:`classdiff.timescales.class_timescales` of a config derived with ``Config.with_overrides``.
+Every grid point is a config derived with ``Config.with_overrides`` and timed by one of two predictors:
+
+* ``predictor="theory"`` (default): :func:`classdiff.timescales.class_timescales`, the deterministic-equivalent
+  (random-matrix) prediction;
+* ``predictor="dynamics"``: the exact closed-form gradient flow of the random-features model at the config's finite
+  size (d, p = psi_p d, n = psi_n d), :func:`classdiff.rf_model.dynamics_from_config`, times averaged over
+  ``training.seeds`` seeds. It needs no asymptotic closure, and it is the predictor under which the imbalance
+  reversal of the paper's claim 3 appears (``docs/theory.md`` §6.1): with class-specific (e.g. orthogonal)
+  centroids, the minority class is memorized later and, inside a window of variance ratios that widens with the
+  centroid norm, learned later too. The theory predictor misses this effect (its loss projection closes the
+  centroid-induced feature types into one mean type per class and drops the outlier directions).
 """
 
 from __future__ import annotations
@@ -21,14 +31,27 @@ from numpy.typing import NDArray
 
 from classdiff.timescales import class_timescales
 
-__all__ = ["capacity_diagram", "centroid_vs_variance", "reversal_boundary", "variance_imbalance_diagram"]
+__all__ = ["PREDICTORS", "capacity_diagram", "centroid_vs_variance", "reversal_boundary", "variance_imbalance_diagram"]
 
 Array = NDArray[np.float64]
 
 
-def _times(config: Any, tau: Array) -> tuple[Array, Array]:
-    res = class_timescales(config, tau=tau)
-    return res["tau_gen"], res["tau_mem"]
+PREDICTORS = ("theory", "dynamics")
+
+
+def _times(config: Any, tau: Array, predictor: str = "theory") -> tuple[Array, Array]:
+    """(tau_gen (K,), tau_mem (K,)) of one config under ``predictor`` (nan where the event never happens)."""
+    if predictor == "theory":
+        res = class_timescales(config, tau=tau)
+        return res["tau_gen"], res["tau_mem"]
+    if predictor == "dynamics":
+        from classdiff.rf_model import dynamics_from_config
+
+        classes = dynamics_from_config(config, tau=tau)["classes"]
+        gen = np.array([np.nan if c["tau_gen"] is None else c["tau_gen"] for c in classes])
+        mem = np.array([np.nan if c["tau_mem"] is None else c["tau_mem"] for c in classes])
+        return gen, mem
+    raise ValueError(f"predictor = {predictor!r}: allowed values are {', '.join(PREDICTORS)}")
 
 
 def _check_two_classes(config: Any) -> None:
@@ -63,7 +86,7 @@ def reversal_boundary(log_weight_ratio: Array, log_time_ratio: Array) -> Array:
 
 
 def variance_imbalance_diagram(config: Any, variance_ratios: Sequence[float], weight_ratios: Sequence[float],
-                               tau: Array | None = None) -> dict[str, Any]:
+                               tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Times over sigma_1^2/sigma_2^2 (V,) x rho_1/rho_2 (R,) at fixed sigma_1^2 sigma_2^2 (geometric mean kept).
 
     Returns ``tau_gen``, ``tau_mem`` (V, R, 2), ``learned_first``, ``memorized_first`` (V, R) (class index),
@@ -83,10 +106,10 @@ def variance_imbalance_diagram(config: Any, variance_ratios: Sequence[float], we
             rho1 = w / (1.0 + w)
             cfg = config.with_overrides({"mixture.variances": [v0 * np.sqrt(r), v0 / np.sqrt(r)],
                                          "mixture.weights": [rho1, 1.0 - rho1]})
-            gen[i, j], mem[i, j] = _times(cfg, tau)
+            gen[i, j], mem[i, j] = _times(cfg, tau, predictor)
     lw = np.log(wr)
     return {
-        "variance_ratios": vr, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
+        "predictor": predictor, "variance_ratios": vr, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
         "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2),
         "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
         "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
@@ -94,7 +117,7 @@ def variance_imbalance_diagram(config: Any, variance_ratios: Sequence[float], we
 
 
 def capacity_diagram(config: Any, psi_p: Sequence[float], psi_n: Sequence[float],
-                     tau: Array | None = None) -> dict[str, Any]:
+                     tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Times over psi_p (P,) x psi_n (N,) for the mixture of ``config``: ``tau_gen``, ``tau_mem`` (P, N, 2),
     ``learned_first``, ``memorized_first`` (P, N)."""
     _check_two_classes(config)
@@ -104,13 +127,14 @@ def capacity_diagram(config: Any, psi_p: Sequence[float], psi_n: Sequence[float]
     mem = np.full_like(gen, np.nan)
     for i, a in enumerate(pp):
         for j, b in enumerate(pn):
-            gen[i, j], mem[i, j] = _times(config.with_overrides({"model.psi_p": float(a), "model.psi_n": float(b)}), tau)
+            gen[i, j], mem[i, j] = _times(config.with_overrides({"model.psi_p": float(a), "model.psi_n": float(b)}),
+                                          tau, predictor)
     return {"psi_p": pp, "psi_n": pn, "tau_gen": gen, "tau_mem": mem,
             "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2)}
 
 
 def centroid_vs_variance(config: Any, centroid_norms: Sequence[float], variance_ratios: Sequence[float],
-                         tau: Array | None = None) -> dict[str, Any]:
+                         tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Spread of log tau over centroid norms (both classes, fixed variances) vs over variance ratios (zero centroids).
 
     Returns per class the max |log tau - log tau_ref| for each sweep: ``centroid_spread_gen`` etc. (2,).
@@ -118,9 +142,11 @@ def centroid_vs_variance(config: Any, centroid_norms: Sequence[float], variance_
     _check_two_classes(config)
     tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
     v0 = float(np.sqrt(np.prod(config.mixture.variances)))
-    cen = [_times(config.with_overrides({"mixture.centroid_norms": [float(m), float(m)]}), tau) for m in centroid_norms]
+    cen = [_times(config.with_overrides({"mixture.centroid_norms": [float(m), float(m)]}), tau, predictor)
+           for m in centroid_norms]
     var = [_times(config.with_overrides({"mixture.variances": [v0 * np.sqrt(r), v0 / np.sqrt(r)],
-                                         "mixture.centroid_norms": [0.0, 0.0]}), tau) for r in variance_ratios]
+                                         "mixture.centroid_norms": [0.0, 0.0]}), tau, predictor)
+           for r in variance_ratios]
 
     def spread(rows: list, k: int) -> Array:
         arr = np.log(np.array([r[k] for r in rows]))

@@ -15,6 +15,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phase", action="store_true",
                         help="also compute the phase diagrams (K = 2): over (sigma_1^2/sigma_2^2, rho_1/rho_2) with the "
                              "imbalance reversal boundary, and over (psi_p, psi_n); theory.phase_points per axis")
+    parser.add_argument("--predictor", choices=("theory", "dynamics"), default="theory",
+                        help="what times the phase-diagram points: the random-matrix theory (default) or the exact "
+                             "closed-form random-features dynamics at the config's size, averaged over training.seeds "
+                             "(needed for the imbalance reversal with distinct centroids, docs/theory.md §6.1)")
 
 
 def _plot_curves(result: dict, stem: Path) -> None:
@@ -44,7 +48,7 @@ def _plot_curves(result: dict, stem: Path) -> None:
     save_figure(fig, stem)
 
 
-def _plot_phase(diag: dict, stem: Path) -> None:
+def _plot_phase(diag: dict, stem: Path, predictor: str = "theory") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +68,7 @@ def _plot_phase(diag: dict, stem: Path) -> None:
         fig.colorbar(im, ax=ax, label=r"$\log_{10}(\tau_0/\tau_1)$  (<0: class 0 first)")
         ax.set_xlabel(r"$\log_2(\rho_0/\rho_1)$")
         ax.set_ylabel(r"$\log_2(\sigma_0^2/\sigma_1^2)$")
-        ax.set_title(f"{title}: which class first (black: equal times)", fontsize=9)
+        ax.set_title(f"{title} ({predictor}): which class first (black: equal times)", fontsize=9)
     cap = diag["capacity"]
     ratio = np.log10(cap["tau_gen"][..., 0] / cap["tau_gen"][..., 1])
     lim = max(np.nanmax(np.abs(ratio)), 1e-3)
@@ -97,10 +101,12 @@ def run(args: argparse.Namespace, out: Path) -> dict:
 
         k = config.theory.phase_points
         tau = np.asarray(result["tau"])
-        vi = variance_imbalance_diagram(config, np.geomspace(0.25, 4.0, k), np.geomspace(1 / 49, 49, k), tau=tau)
-        cap = capacity_diagram(config, np.geomspace(1.0, 4.0, k), np.geomspace(0.5, 4.0, k), tau=tau)
+        vi = variance_imbalance_diagram(config, np.geomspace(0.25, 4.0, k), np.geomspace(1 / 49, 49, k), tau=tau,
+                                        predictor=args.predictor)
+        cap = capacity_diagram(config, np.geomspace(1.0, 4.0, k), np.geomspace(0.5, 4.0, k), tau=tau,
+                               predictor=args.predictor)
         result["phase"] = {"variance_imbalance": vi, "capacity": cap}
-        _plot_phase(result["phase"], out / "phase")
+        _plot_phase(result["phase"], out / "phase", args.predictor)
         save_npz_atomic(out / "phase.npz", **{f"vi_{k_}": np.asarray(v) for k_, v in vi.items()},
                         **{f"cap_{k_}": np.asarray(v) for k_, v in cap.items()})
     return result

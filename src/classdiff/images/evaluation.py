@@ -290,6 +290,10 @@ def _figures(run: Path, classes, steps, mem_records, ltr, lte, t_used, measured,
     for off, key, lab in ((-0.2, "tau_gen", r"$\tau_{gen}$"), (0.2, "tau_mem", r"$\tau_{mem}$")):
         vals = [np.nan if r.get(key) is None else r[key] for r in measured]
         axes[1].bar(x + off, vals, width=0.4, label=lab)
+        for xi, v in zip(x, vals):
+            if not np.isfinite(v):  # the event did not happen within the run: say so instead of an empty slot
+                axes[1].text(xi + off, 0.02, "not reached", rotation=90, ha="center", va="bottom", fontsize=7,
+                             transform=axes[1].get_xaxis_transform())
     axes[1].set_xticks(x, name, fontsize=8)
     axes[1].set_yscale("log")
     axes[1].set_title("measured (U-Net, optimizer steps)", fontsize=9)

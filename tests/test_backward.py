@@ -200,3 +200,100 @@ def test_fused_mixture_path_equals_generic_callable_path():
     fused = integrate(gm, x0, grid, seed=5)[0]
     generic = integrate(lambda x, t: gm.score(x, t), x0, grid, seed=5)[0]
     np.testing.assert_allclose(fused, generic, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend,dtype,atol", [("numpy", "float64", 1e-10), ("torch", "float64", 1e-10),
+                                                ("torch", "float32", 2e-4)])
+def test_fused_path_equals_generic_path_for_every_backend_and_rank(backend, dtype, atol, one_torch_thread):
+    """Fused exact-mixture steps (rank r = 5 > 3: one gemm; unequal variances: |x|^2 term) equal the generic
+    path with the reference score, with the same per-block noise, on more than one block of rows."""
+    gm = GaussianMixture([0.1, 0.2, 0.3, 0.15, 0.25], make_centroids(12, [1.0, 0.8, 0.6, 1.2, 0.4], "orthogonal", 0),
+                         [0.5, 1.0, 1.5, 0.8, 2.0])
+    x0 = sample_initial(gm, 300, 2.0, 1)
+    grid = time_grid(2.0, 0.05, 30)
+    kw = dict(seed=3, backend=backend, dtype=dtype, device="cpu", threads=2)
+    fused = integrate(gm, x0, grid, **kw)[0]
+
+    def ref(x, t):
+        arr = x.detach().cpu().numpy().astype(np.float64) if hasattr(x, "detach") else x
+        out = gm.score(arr, t)
+        return torch.as_tensor(out, dtype=x.dtype) if hasattr(x, "detach") else out
+
+    generic = integrate(ref, x0, grid, **kw)[0]
+    np.testing.assert_allclose(fused, generic, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("backend,dtype", [("numpy", "float64"), ("torch", "float32")])
+def test_results_do_not_depend_on_threads_and_follow_the_block_layout(backend, dtype, one_torch_thread):
+    """Seed layout: rows are cut into blocks of NOISE_BLOCK, each with its own stream, so threads change
+    nothing and the first block's trajectories are the same whatever other rows are simulated."""
+    from classdiff.backward import NOISE_BLOCK, _openblas_thread_setters
+
+    gm = GaussianMixture([0.6, 0.4], make_centroids(8, [1.0, 1.0], "antipodal", 0), [1.0, 1.0])
+    n = 2 * NOISE_BLOCK + 37
+    x0 = sample_initial(gm, n, 3.0, 0)
+    grid = time_grid(3.0, 0.01, 40)
+    kw = dict(seed=9, backend=backend, dtype=dtype, device="cpu", record=[0, 20, 40])
+    one, snaps1 = integrate(gm, x0, grid, threads=1, **kw)
+    blas = [get() for get, _ in _openblas_thread_setters()]
+    torch_threads = torch.get_num_threads()
+    three, snaps3 = integrate(gm, x0, grid, threads=3, **kw)
+    assert [get() for get, _ in _openblas_thread_setters()] == blas  # the caller's settings are restored
+    assert torch.get_num_threads() == torch_threads
+    np.testing.assert_array_equal(one, three)
+    for k in (0, 20, 40):
+        np.testing.assert_array_equal(snaps1[k], snaps3[k])
+    np.testing.assert_array_equal(snaps1[40], one)
+    np.testing.assert_allclose(snaps1[0], x0, rtol=1e-6, atol=0)
+    head = integrate(gm, x0[:NOISE_BLOCK], grid, threads=1, **kw)[0]
+    np.testing.assert_array_equal(head, one[:NOISE_BLOCK])
+    lab = mixture_labeller(gm)
+    c1 = cloning_experiment(gm, lab, x0, grid, [2.0, 1.0], seed=2, backend=backend, dtype=dtype, device="cpu",
+                            threads=1)
+    c2 = cloning_experiment(gm, lab, x0, grid, [2.0, 1.0], seed=2, backend=backend, dtype=dtype, device="cpu",
+                            threads=2)
+    np.testing.assert_array_equal(c1.clones["class"], c2.clones["class"])
+    np.testing.assert_array_equal(c1.original["class"], c2.original["class"])
+    with pytest.raises(ValueError, match="threads"):
+        integrate(gm, x0, grid, threads=0)
+
+
+def test_box_muller_float32_noise_is_standard_normal():
+    from scipy import stats
+
+    from classdiff.backward import _BoxMuller32
+
+    gen = _BoxMuller32(np.random.SeedSequence(0))
+    z = np.empty(400_001, dtype=np.float32)
+    gen.fill(z, 1.0)
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.01
+    assert abs(stats.kurtosis(z)) < 0.05 and np.abs(z).max() <= 5.8
+    assert stats.kstest(z.astype(np.float64), "norm").pvalue > 1e-3
+    again = np.empty_like(z)
+    _BoxMuller32(np.random.SeedSequence(0)).fill(again, 2.0)
+    np.testing.assert_allclose(again, 2.0 * z, rtol=1e-6, atol=0)
+
+
+def test_whole_array_fused_path_matches_block_path(monkeypatch, one_torch_thread):
+    """The GPU code path (fused step on the whole array, noise still drawn block by block), run on the CPU,
+    gives the block-by-block result up to float32 rounding."""
+    from classdiff import backward
+
+    gm = GaussianMixture([0.7, 0.3], make_centroids(16, [1.0, 0.7], "random", 1), [0.6, 1.4])
+    x0 = sample_initial(gm, 600, 3.0, 2)
+    grid = time_grid(3.0, 0.02, 40)
+    kw = dict(seed=4, backend="torch", dtype="float32", device="cpu", threads=2, record=[10])
+    blocks, snaps_b = integrate(gm, x0, grid, **kw)
+    init = backward._Stepper.__init__
+
+    def whole_array(self, *args):
+        init(self, *args)
+        self.blocked = False
+
+    monkeypatch.setattr(backward._Stepper, "__init__", whole_array)
+    whole, snaps_w = integrate(gm, x0, grid, **kw)
+    np.testing.assert_allclose(whole, blocks, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(snaps_w[10], snaps_b[10], rtol=0, atol=1e-3)
+    res = cloning_experiment(gm, mixture_labeller(gm), x0, grid, [2.0], seed=1, backend="torch", dtype="float32",
+                             device="cpu")
+    assert res.clones["class"].shape == (1, 600)

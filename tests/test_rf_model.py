@@ -145,6 +145,127 @@ def test_fit_decomposes_moments_by_class(two_class):
     assert np.all(est.eigenvalues_ > 0)
 
 
+# ------------------------------------------------------------------------------------- fast paths vs naive formulas
+
+
+def _naive_series(x0, W, name, time, order, n_nodes=120):
+    """The Mehler-series U (mean over the points) and V written as plainly as possible: one (n, p, nodes)
+    quadrature tensor (120 nodes), entrywise powers R^k, sum over k term by term, exact diagonal."""
+    from numpy.polynomial.hermite_e import hermevander
+
+    from classdiff.features import activation, gauss_hermite
+
+    n, d = x0.shape
+    r = (W * W).sum(1) / d
+    R = (W @ W.T / d) / np.sqrt(np.outer(r, r))
+    np.fill_diagonal(R, 1.0)
+    s = np.sqrt(float(noise_variance(time)) * r)
+    m = float(signal_scale(time)) * x0 @ W.T / math.sqrt(d)
+    if name == "relu":  # closed-form coefficients (a quadrature of the kink would not be accurate)
+        coef, second = hermite_coefficients(name, m, s[None, :], order)
+        coef = np.moveaxis(coef, 0, -1)
+    else:
+        z, w = gauss_hermite(n_nodes)
+        vals = activation(name)(m[..., None] + s[:, None] * z)  # (n, p, Q)
+        coef = vals @ (hermevander(z, order) * w[:, None])  # (n, p, order+1)
+        second = vals**2 @ w
+    U = sum(R**k * (coef[..., k].T @ coef[..., k]) / math.factorial(k) for k in range(order + 1)) / n
+    np.fill_diagonal(U, second.mean(0))
+    V = (coef[..., 1].mean(0) / np.sqrt(r))[:, None] * W / math.sqrt(d)
+    return U, V
+
+
+@pytest.mark.parametrize("name", ["tanh", "erf", "relu"])
+def test_series_moments_equal_the_naive_sum_for_any_grouping_and_chunking(name):
+    """Horner + symmetric rank-k updates, sorted groups split over blocks, the exp form of tanh and the cached
+    geometry give the plain term-by-term Mehler sum (to rounding), whatever the block size."""
+    rng = np.random.default_rng(21)
+    d, p, n = 9, 13, 17
+    W = rng.standard_normal((p, d))
+    x0 = 1.2 * rng.standard_normal((n, d))
+    lab = rng.integers(0, 3, n)  # interleaved groups
+    lab[:3] = [0, 1, 2]
+    ref = [_naive_series(x0[lab == c], W, name, 0.3, 9) for c in range(3)]
+    for chunk in (2**27, 3000, 1):  # one block; groups straddling blocks; one point per block
+        moms = noise_averaged_moments(x0, lab, 3, W, name, 0.3, series_order=9, chunk_bytes=chunk)
+        for c in range(3):
+            np.testing.assert_allclose(moms[c].U, ref[c][0], rtol=0, atol=1e-13)
+            np.testing.assert_array_equal(moms[c].U, moms[c].U.T)
+            np.testing.assert_allclose(moms[c].V, ref[c][1], rtol=0, atol=1e-13)
+            np.testing.assert_allclose(moms[c].stein[:, None] * W / math.sqrt(d), moms[c].V, atol=1e-15)
+            assert moms[c].count == int((lab == c).sum())
+
+
+def test_hermite_fast_paths_equal_the_generic_quadrature():
+    """Per-feature scales (s_i z table, exp form of tanh, cache-sized chunks) vs a fully broadcast scale (generic
+    path, np.tanh) vs one big quadrature tensor."""
+    from numpy.polynomial.hermite_e import hermevander
+    from scipy.special import erf
+
+    from classdiff.features import gauss_hermite
+
+    rng = np.random.default_rng(22)
+    m = 0.8 * rng.standard_normal((37, 29))
+    s = 0.3 + 0.2 * rng.random(29)
+    for name in ("tanh", "erf"):
+        fast, fast2 = hermite_coefficients(name, m, s, 12, 48)
+        slow, slow2 = hermite_coefficients(name, m, np.broadcast_to(s, m.shape).copy(), 12, 48)
+        z, w = gauss_hermite(48)
+        vals = (np.tanh if name == "tanh" else erf)(m[..., None] + s[:, None] * z)
+        rule = hermevander(z, 12) * w[:, None]
+        plain = np.moveaxis(vals @ rule, -1, 0)
+        # rounding floor of c_k: a few ulps of sigma times sum_q |w_q He_k(z_q)| (1e4 at k = 12)
+        floor = 16 * np.finfo(float).eps * np.abs(rule).sum(0)
+        for a in (fast, slow):
+            assert np.all(np.abs(a - plain).max(axis=(1, 2)) <= floor)
+        for a in (fast2, slow2):
+            np.testing.assert_allclose(a, vals**2 @ w, rtol=0, atol=1e-15)
+    # huge pre-activations: the exp form is guarded (no overflow to nan)
+    m_big = np.array([[400.0, -400.0, 0.1]])
+    big, _ = hermite_coefficients("tanh", m_big, np.array([0.5, 0.5, 0.5]), 3)
+    ref, _ = hermite_coefficients("tanh", m_big, np.full((1, 3), 0.5), 3)
+    assert np.all(np.isfinite(big))
+    np.testing.assert_allclose(big, ref, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(big[0, 0, :2], [1.0, -1.0])
+
+
+def test_rotations_and_quadratic_rows_equal_direct_products():
+    from classdiff.rf_model import _quadratic_rows, _rotate
+
+    rng = np.random.default_rng(23)
+    p = 40
+    Q = np.linalg.qr(rng.standard_normal((p, p)))[0]
+    A = rng.standard_normal((p, p))
+    for U in (A @ A.T + 0.1 * np.eye(p), A[:, :7] @ A[:, :7].T):  # positive definite (Cholesky), singular (trmm)
+        X = _rotate(U, Q)
+        np.testing.assert_allclose(X, Q.T @ U @ Q, rtol=0, atol=1e-12 * np.abs(U).max())
+        np.testing.assert_array_equal(X, X.T)
+    G = rng.standard_normal((9, p))
+    H = A + A.T
+    np.testing.assert_allclose(_quadratic_rows(G, H), np.einsum("tk,kl,tl->t", G, H, G), rtol=1e-12)
+
+
+def test_fit_rotated_moments_equal_direct_rotations(two_class):
+    """train_quad_ (K-1 rotations, the largest class from diag(lambda)) and the linear terms (one product via
+    Stein's form of V) equal Q^T U_c Q and rowsum(M o Q^T V_c) computed directly."""
+    _, _, est = two_class
+    Q = est.eigenvectors_
+    scale = np.abs(est.U_).max()
+    for c in range(est.n_classes_):
+        np.testing.assert_allclose(est.train_quad_[c], Q.T @ est.U_by_class_[c] @ Q, rtol=0, atol=1e-12 * scale)
+        np.testing.assert_allclose(est.train_lin_[c], (est.M_ * (Q.T @ est.V_by_class_[c])).sum(1), rtol=1e-11,
+                                   atol=1e-14)
+    for method in ("series", "mc"):
+        a = RandomFeaturesScore(30, time=T, seed=0, method=method, noise_samples=20, test_samples=60,
+                                score_samples=60, n_batches=3, ridge=0.01)
+        gm, data, _ = two_class
+        a.fit(data, gm)
+        for c in range(2):
+            np.testing.assert_allclose(a.train_quad_[c], a.eigenvectors_.T @ a.U_by_class_[c] @ a.eigenvectors_,
+                                       rtol=0, atol=1e-12 * np.abs(a.U_).max())
+            assert len(a.test_[c].quad) == 3 and len(a.score_[c].lin) == 3
+
+
 # ------------------------------------------------------------------------------------- closed form
 
 

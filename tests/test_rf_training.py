@@ -96,3 +96,24 @@ def test_errors_name_the_argument(setup):
         train_random_features(est, data, [1e6], learning_rate=1e-3, max_steps=100)
     with pytest.raises(ValueError, match="fraction"):
         gd_learning_rate(est, 1.5)
+
+
+def test_benchmark_ratio_rows_for_run_all():
+    """benchmarks/bench_rf_dynamics.ratios() at toy sizes: the keys run_all.py reads and consistent ratios."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import bench_rf_dynamics as bench
+    finally:
+        sys.path.pop(0)
+    rows = bench.ratios({"gd": {"d": 8, "p": 16, "n": 12, "gd_prefix_steps": 20, "repeats": 1},
+                         "memory": {"d": 8, "p": 16, "n_series": 6, "n_mc": 6, "draws": 4}})
+    assert len(rows) == 2
+    for r in rows:
+        assert {"benchmark", "ours", "reference", "unit", "ratio", "target"} <= set(r)
+        assert r["ours"] > 0 and r["reference"] > 0 and np.isfinite(r["ratio"])
+    speed, memory = rows
+    assert speed["ratio"] == pytest.approx(speed["reference"] / speed["ours"] / 1000)
+    assert memory["ratio"] == pytest.approx(2.0 / memory["ours"])

@@ -37,11 +37,18 @@ Noise average (``method``):
 * ``"mc"``: ``noise_samples`` fixed noise draws per point (seeded), processed in chunks; the loss is then the
   empirical quadratic of those draws (what GD with the same fixed draws minimises).
 
+Cost (``fit``, series): the Hermite coefficients by Gauss–Hermite quadrature in cache-sized chunks; the
+Mehler sum of each group (class, or batch of fresh points) by Horner's rule, acc <- C_k^T C_k + (R o acc)/(k+1),
+with one symmetric rank-k update per order ((K+1) n p^2 flops in all); the geometry R computed once per fit;
+rotations Q^T U Q through a Cholesky factor (7/3 p^3 flops, one class of the training set follows from
+diag(lambda)); the curves through triangular products (T p^2 flops per quadratic form).
+
 Memory: no array larger than ``chunk_bytes`` (besides a few p x p matrices) is ever allocated.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +57,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
+from scipy.linalg import blas as _blas
+from scipy.linalg import lapack as _lapack
 from scipy.special import ndtr
 
 from classdiff.features import activation as activation_function
@@ -113,16 +122,63 @@ def hermite_coefficients(
         he[1] = z
     for k in range(1, order):
         he[k + 1] = z * he[k] - k * he[k - 1]
-    vals = s[..., None] * z
-    vals += m[..., None]
-    if activation == "tanh":
-        np.tanh(vals, out=vals)
+    hw = np.ascontiguousarray((he * w).T)  # (Q, order+1)
+    sig = activation_function(activation)
+    total = m.size
+    flat_out = out.reshape(order + 1, total)
+    second = np.empty(total)
+    # rows of the (points x nodes) tensor sigma(m + s z_q) in cache-sized chunks (~0.5 MB): every pass (fill,
+    # sigma, one BLAS call for all k, square, one BLAS call for the second moment) then stays in cache
+    rows = max(1, min(total, 2**19 // (8 * z.size)))
+    buf = np.empty((rows, z.size))
+    res = np.empty((rows, order + 1))
+    scale = np.asarray(scale, dtype=np.float64)
+    exp_table = None
+    if m.ndim >= 1 and scale.ndim == 1 and scale.size == m.shape[-1] and m.shape[-1] > 1:
+        # one scale per last-axis entry (a feature): the table s_i z_q is built once, each row is one add
+        width = m.shape[-1]
+        sz = scale[:, None] * z
+        mf = m.reshape(-1, width)
+        step = min(width, rows)
+        spans = [(i, j0, min(width, j0 + step)) for i in range(mf.shape[0]) for j0 in range(0, width, step)]
+        if activation == "tanh" and mf.size and 2 * max(np.abs(mf).max(), np.abs(sz).max()) < 700:
+            # tanh(m + s z) = 1 - 2 / (1 + e^{2m} e^{2 s z}) from two exponential tables (no overflow to nan
+            # below the guard; absolute error ~ 1 ulp like np.tanh), about twice as fast as tanh per entry
+            exp_table, exp_m = np.exp(2.0 * sz), np.exp(2.0 * mf)
     else:
-        vals = activation_function(activation)(vals)
-    flat = vals.reshape(-1, z.size)  # one BLAS call (a stacked matmul makes one call per point: slow)
-    out[...] = np.moveaxis((flat @ (he * w).T).reshape(*m.shape, order + 1), -1, 0)
-    flat *= flat
-    return out, (flat @ w).reshape(m.shape)
+        sz = None
+        mf, sf = m.reshape(-1), s.reshape(-1)
+        spans = [(0, r0, min(total, r0 + rows)) for r0 in range(0, total, rows)]
+    for i, j0, j1 in spans:
+        v, o = buf[: j1 - j0], res[: j1 - j0]
+        if exp_table is not None:
+            np.multiply(exp_m[i, j0:j1, None], exp_table[j0:j1], out=v)
+            v += 1.0
+            np.divide(2.0, v, out=v)
+            np.subtract(1.0, v, out=v)
+            r0 = i * width + j0
+        elif sz is not None:
+            np.add(mf[i, j0:j1, None], sz[j0:j1], out=v)
+            _apply_in_place(sig, v)
+            r0 = i * width + j0
+        else:
+            np.multiply(sf[j0:j1, None], z, out=v)
+            v += mf[j0:j1, None]
+            _apply_in_place(sig, v)
+            r0 = j0
+        np.matmul(v, hw, out=o)
+        r1 = r0 + j1 - j0
+        flat_out[:, r0:r1] = o.T
+        np.square(v, out=v)
+        np.matmul(v, w, out=second[r0:r1])
+    return out, second.reshape(m.shape)
+
+
+def _apply_in_place(sig: Any, v: Array) -> None:
+    if isinstance(sig, np.ufunc):
+        sig(v, out=v)
+    else:
+        v[...] = sig(v)
 
 
 def default_nodes(scale: float) -> int:
@@ -141,13 +197,15 @@ class ClassMoments:
     """Noise-averaged feature moments of one group of points (one class of a training set, or a batch).
 
     ``U`` (p, p) = mean E_eta[phi phi^T], ``V`` (p, d) = mean E_eta[phi eta^T], ``count`` the number of
-    points, ``series_error_bound`` the largest bound on the truncation error of an entry of U (0 for MC).
+    points, ``series_error_bound`` the largest bound on the truncation error of an entry of U (0 for MC),
+    ``stein`` (series only) the vector v (p,) with V = v[:, None] * W / sqrt(d) (Stein's lemma), or None.
     """
 
     U: Array
     V: Array
     count: int
     series_error_bound: float = 0.0
+    stein: Array | None = field(default=None, repr=False)
 
 
 def _feature_geometry(W: Array) -> tuple[Array, Array]:
@@ -184,85 +242,175 @@ def noise_averaged_moments(
         raise ValueError(f"method = {method!r}: must be one of {', '.join(METHODS)}")
     x0 = np.asarray(x0, dtype=np.float64)
     labels = np.asarray(labels)
+    if method == "series":
+        return _series_moments(x0, labels, n_classes, W, activation, time, int(series_order), chunk_bytes)
+    if noise_samples < 1:
+        raise ValueError(f"noise_samples = {noise_samples!r}: must be >= 1 for method = 'mc'")
     n, d = x0.shape
     p = W.shape[0]
     e_t, delta = float(signal_scale(time)), float(noise_variance(time))
     U = [np.zeros((p, p)) for _ in range(n_classes)]
     V = [np.zeros((p, d)) for _ in range(n_classes)]
     counts = np.bincount(labels, minlength=n_classes)
-    bound = 0.0
-    if method == "series":
-        r, R = _feature_geometry(W)
-        s = np.sqrt(delta * r)
-        order = int(series_order)
-        n_nodes = default_nodes(float(s.max()))
-        # blocks of points: coefficients (order+1, B, p) within chunk_bytes; inside a block the quadrature
-        # tensor (b, p, Q) is kept below 16 MB (sub-blocks of b points)
-        block = max(1, min(n, chunk_bytes // (8 * p * (order + 2))))
-        sub = max(1, 2**24 // (8 * p * (n_nodes if activation in ("tanh", "erf") else 1)))
-        diag = [np.zeros(p) for _ in range(n_classes)]
-        c1 = [np.zeros(p) for _ in range(n_classes)]
-        tails = np.zeros(p)
-        inv_fact = np.array([1.0 / math.factorial(k) for k in range(order + 1)])
-        for start in range(0, n, block):
-            sl = slice(start, min(n, start + block))
-            m = e_t * (x0[sl] @ W.T) / math.sqrt(d)  # (B, p)
-            coef = np.empty((order + 1, *m.shape))
-            second = np.empty(m.shape)
-            for j in range(0, m.shape[0], sub):
-                coef[:, j:j + sub], second[j:j + sub] = hermite_coefficients(
-                    activation, m[j:j + sub], s[None, :], order, n_nodes)
-            tail = second - np.einsum("kbp,k->bp", coef**2, inv_fact)
-            tails = np.maximum(tails, np.sqrt(np.maximum(tail, 0.0)).max(0))
-            lab = labels[sl]
-            for c in np.unique(lab):
-                rows = lab == c
-                power = np.ones((p, p))
-                acc = U[c]
-                for k in range(order + 1):
-                    ck = coef[k][rows]
-                    acc += (ck.T @ ck) * power * inv_fact[k]
-                    if k < order:
-                        power *= R
-                diag[c] += second[rows].sum(0)
-                c1[c] += coef[1][rows].sum(0) if order >= 1 else 0.0
-        off = np.abs(R - np.eye(p)).max() if p > 1 else 0.0
-        bound = float(off ** (order + 1) * tails.max() ** 2)
-        if order < 1:
-            # first coefficient still needed for V (Stein)
-            for c in range(n_classes):
-                m = e_t * (x0[labels == c] @ W.T) / math.sqrt(d)
-                c1[c] = hermite_coefficients(activation, m, s[None, :], 1, n_nodes)[0][1].sum(0)
-        for c in range(n_classes):
-            if counts[c] == 0:
-                continue
-            U[c] /= counts[c]
-            np.fill_diagonal(U[c], diag[c] / counts[c])
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E01]))
+    block = max(1, min(n, chunk_bytes // (8 * noise_samples * (p + d))))
+    sig = activation_function(activation)
+    for start in range(0, n, block):
+        sl = slice(start, min(n, start + block))
+        b = sl.stop - sl.start
+        eta = rng.standard_normal((b, noise_samples, d))
+        xt = e_t * x0[sl][:, None, :] + math.sqrt(delta) * eta
+        phi = sig(xt.reshape(-1, d) @ W.T / math.sqrt(d)).reshape(b, noise_samples, p)
+        lab = labels[sl]
+        for c in np.unique(lab):
+            rows = lab == c
+            f = phi[rows].reshape(-1, p)
+            U[c] += f.T @ f
+            V[c] += f.T @ eta[rows].reshape(-1, d)
+    for c in range(n_classes):
+        if counts[c]:
+            U[c] /= counts[c] * noise_samples
+            V[c] /= counts[c] * noise_samples
+    return [ClassMoments(U[c], V[c], int(counts[c]), 0.0) for c in range(n_classes)]
+
+
+def _series_moments(
+    x0: Array,
+    labels: Array,
+    n_groups: int,
+    W: Array,
+    activation: str,
+    time: float,
+    order: int,
+    chunk_bytes: int,
+    geometry: tuple[Array, Array] | None = None,
+) -> list[ClassMoments]:
+    """The ``"series"`` branch of :func:`noise_averaged_moments` (same arguments; ``geometry`` the cached
+    :func:`_feature_geometry` of W, shared by every call with the same W).
+
+    Points are sorted by group so that a group is a contiguous run of rows of a block: its Hermite
+    coefficients (order+1, rows, p) are views, and its Mehler sum sum_k R^k o C_k^T C_k / k! is built by
+    Horner's rule, acc <- C_k^T C_k + (R o acc)/(k+1) for k = K..0, one symmetric rank-k update (BLAS syrk,
+    upper triangle, half the flops of a product) and one in-place Hadamard product per order, no temporaries.
+    """
+    n, d = x0.shape
+    p = W.shape[0]
+    e_t, delta = float(signal_scale(time)), float(noise_variance(time))
+    r, R = _feature_geometry(W) if geometry is None else geometry
+    s = np.sqrt(delta * r)
+    n_nodes = default_nodes(float(s.max()))
+    counts = np.bincount(labels, minlength=n_groups)
+    sort = np.argsort(labels, kind="stable")
+    xs, ls = x0[sort], labels[sort]
+    # blocks of points: coefficients (order+1, B, p) within chunk_bytes (V needs c_1 even for order 0)
+    h_order = max(order, 1)
+    block = max(1, min(n, chunk_bytes // (8 * p * (h_order + 2))))
+    U: list[Array | None] = [None] * n_groups
+    diag = [np.zeros(p) for _ in range(n_groups)]
+    c1 = [np.zeros(p) for _ in range(n_groups)]
+    tails = np.zeros(p)
+    inv_fact = np.array([1.0 / math.factorial(k) for k in range(order + 1)])
+    scratch: Array | None = None  # for a group split over blocks; its lower triangle stays 0
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        m = (xs[start:stop] @ W.T) * (e_t / math.sqrt(d))  # (B, p)
+        coef, second = hermite_coefficients(activation, m, s, h_order, n_nodes)
+        tail = second.copy()  # T = E sigma^2 - sum_{k<=K} c_k^2/k!
+        sq = np.empty_like(tail)
+        for k in range(order + 1):
+            np.square(coef[k], out=sq)
+            sq *= inv_fact[k]
+            tail -= sq
+        np.maximum(tail, 0.0, out=tail)
+        tails = np.maximum(tails, np.sqrt(tail.max(0)))
+        lab = ls[start:stop]
+        edges = [0, *(np.flatnonzero(np.diff(lab)) + 1).tolist(), lab.size]
+        for a, b in itertools.pairwise(edges):
+            c = int(lab[a])
+            if U[c] is None:
+                U[c] = target = np.zeros((p, p))
+            else:
+                if scratch is None:
+                    scratch = np.zeros((p, p))
+                target = scratch
+            _mehler_sum(coef[: order + 1, a:b], R, target)
+            if target is scratch:
+                U[c] += scratch
+            diag[c] += second[a:b].sum(0)
+            c1[c] += coef[1, a:b].sum(0)
+    # bound on the truncation error of an off-diagonal entry: max |R_ij|^(K+1) sqrt(T_i T_j)
+    np.fill_diagonal(R, 0.0)
+    off = max(float(R.max()), -float(R.min())) if p > 1 else 0.0
+    np.fill_diagonal(R, 1.0)
+    bound = float(off ** (order + 1) * tails.max() ** 2)
+    out = []
+    for c in range(n_groups):
+        Uc = U[c] if U[c] is not None else np.zeros((p, p))
+        V, v = np.zeros((p, d)), np.zeros(p)
+        if counts[c]:
+            Uc /= counts[c]
+            _symmetrize_from_upper(Uc)
+            np.fill_diagonal(Uc, diag[c] / counts[c])
             # E[sigma(h_i) eta_j] = Cov(h_i, eta_j) E[sigma'(h_i)] = (sqrt(Delta) W_ij/sqrt d) c_1/s_i
-            V[c] = ((c1[c] / counts[c]) / np.sqrt(r))[:, None] * W / math.sqrt(d)
-    else:
-        if noise_samples < 1:
-            raise ValueError(f"noise_samples = {noise_samples!r}: must be >= 1 for method = 'mc'")
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E01]))
-        block = max(1, min(n, chunk_bytes // (8 * noise_samples * (p + d))))
-        sig = activation_function(activation)
-        for start in range(0, n, block):
-            sl = slice(start, min(n, start + block))
-            b = sl.stop - sl.start
-            eta = rng.standard_normal((b, noise_samples, d))
-            xt = e_t * x0[sl][:, None, :] + math.sqrt(delta) * eta
-            phi = sig(xt.reshape(-1, d) @ W.T / math.sqrt(d)).reshape(b, noise_samples, p)
-            lab = labels[sl]
-            for c in np.unique(lab):
-                rows = lab == c
-                f = phi[rows].reshape(-1, p)
-                U[c] += f.T @ f
-                V[c] += f.T @ eta[rows].reshape(-1, d)
-        for c in range(n_classes):
-            if counts[c]:
-                U[c] /= counts[c] * noise_samples
-                V[c] /= counts[c] * noise_samples
-    return [ClassMoments(U[c], V[c], int(counts[c]), bound) for c in range(n_classes)]
+            v = (c1[c] / counts[c]) / np.sqrt(r)
+            V = v[:, None] * W / math.sqrt(d)
+        out.append(ClassMoments(Uc, V, int(counts[c]), bound, stein=v))
+    return out
+
+
+def _mehler_sum(coef: Array, R: Array, target: Array) -> None:
+    """Upper triangle of target <- sum_k R^k o (C_k^T C_k) / k! for coef = C (K+1, b, p), by Horner's rule.
+
+    ``target`` (p, p) C-ordered; its upper triangle is overwritten (the lower one is only multiplied by R).
+    """
+    K = coef.shape[0] - 1
+    for k in range(K, -1, -1):
+        if k < K:
+            target *= R
+        # C-ordered upper triangle = lower triangle of the Fortran view target.T; coef[k].T is Fortran (p, b)
+        _blas.dsyrk(1.0, coef[k].T, beta=1.0 / (k + 1) if k < K else 0.0, c=target.T, trans=0, lower=1,
+                    overwrite_c=1)
+
+
+def _symmetrize_from_upper(a: Array, block: int = 256) -> None:
+    """Copy the upper triangle of the square C-ordered ``a`` onto its lower triangle, in place, by blocks."""
+    p = a.shape[0]
+    for j0 in range(0, p, block):
+        j1 = min(p, j0 + block)
+        a[j0:j1, :j0] = a[:j0, j0:j1].T
+        blk = a[j0:j1, j0:j1]
+        low = np.tril_indices(j1 - j0, -1)
+        blk[low] = blk.T[low]
+
+
+def _rotate(U: Array, Q: Array) -> Array:
+    """Q^T U Q (p, p) for a symmetric U, in fewer flops than the 4 p^3 of two products.
+
+    Positive definite U (every noise-averaged second moment: a Schur-product sum of PSD terms plus a
+    positive diagonal): Cholesky U = L L^T (p^3/3), Y = L^T Q (triangular product, p^3), Y^T Y (symmetric
+    rank-k update, p^3). Otherwise (semi-definite, e.g. the identity activation with p > d): with
+    T = triu(U) - diag(U)/2, U = T + T^T and Q^T U Q = X + X^T, X = Q^T (T Q) (3 p^3).
+    """
+    Qf = np.asfortranarray(Q)
+    # U is C-ordered and symmetric: its Fortran view U.T is U itself
+    chol, info = _lapack.dpotrf(U.T, lower=1, clean=1, overwrite_a=0)
+    if info == 0:
+        Y = _blas.dtrmm(1.0, chol, Qf, side=0, lower=1, trans_a=1)  # L^T Q
+        return Y.T @ Y
+    T = np.triu(U)  # C-ordered upper triangle: its Fortran view T.T is the lower triangle of U
+    T.flat[:: T.shape[0] + 1] *= 0.5
+    X = Q.T @ _blas.dtrmm(1.0, T.T, Qf, side=0, lower=1)
+    return X + X.T
+
+
+def _quadratic_rows(G: Array, H: Array) -> Array:
+    """g_t^T H g_t for every row g_t of G (T, p), H (p, p) symmetric, in T p^2 flops instead of 2 T p^2:
+    with T_H = triu(H) - diag(H)/2, g^T H g = 2 g^T T_H g, and G T_H is a triangular product (BLAS trmm)."""
+    T = np.triu(H)
+    T.flat[:: T.shape[0] + 1] *= 0.5
+    # Fortran views: T.T is the lower triangular T_H^T, G.T is G^T; Z = T_H^T G^T = (G T_H)^T, (p, T)
+    Z = _blas.dtrmm(1.0, T.T, G.T, side=0, lower=1)
+    return 2.0 * np.einsum("kt,tk->t", Z, G)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -357,6 +505,9 @@ class RandomFeaturesScore:
         return np.random.default_rng(np.random.SeedSequence([int(self.seed), int(stream), 0x52F5]))
 
     def _moments(self, x0: Array, labels: Array, n_classes: int, stream: int) -> list[ClassMoments]:
+        if self.method == "series":  # deterministic: no stream; the geometry of W is computed once per fit
+            return _series_moments(x0, labels, n_classes, self.W_, self.activation, self.time,
+                                   int(self.series_order), self.chunk_bytes, self._geometry)
         return noise_averaged_moments(
             x0, labels, n_classes, self.W_, self.activation, self.time, self.method, self.series_order,
             self.noise_samples, seed=int(self.seed) * 1000 + stream, chunk_bytes=self.chunk_bytes,
@@ -395,6 +546,7 @@ class RandomFeaturesScore:
             raise ValueError(f"mixture: dimension {mixture.dim} differs from the training set's {self.dim_}")
         p, d = int(self.n_features), self.dim_
         self.W_ = self._rng(0).standard_normal((p, d))
+        self._geometry = _feature_geometry(self.W_) if self.method == "series" else None
         self.delta_ = float(noise_variance(self.time))
         moments = self._moments(x0, data.labels, self.n_classes_, stream=2)
         self.class_counts_ = np.array([m.count for m in moments])
@@ -405,16 +557,35 @@ class RandomFeaturesScore:
         self.V_ = sum(wc * m.V for wc, m in zip(w, moments))
         self.series_error_bound_ = max(m.series_error_bound for m in moments)
         # MRRR driver: as accurate as the default here and far less sensitive to an oversubscribed BLAS pool
-        lam, Q = scipy.linalg.eigh(self.U_ + self.ridge * np.eye(p), driver="evr")
+        flow = self.U_.copy()
+        flow.flat[:: p + 1] += self.ridge
+        lam, Q = scipy.linalg.eigh(flow, driver="evr", overwrite_a=True, check_finite=False)
         self.eigenvalues_, self.eigenvectors_ = lam, Q
         self.M_ = Q.T @ self.V_  # (p, d)
         self.N_ = self.M_ @ self.M_.T  # (p, p)
-        self.train_quad_ = [Q.T @ U @ Q for U in self.U_by_class_]
-        self.train_lin_ = [(self.M_ * (Q.T @ V)).sum(1) for V in self.V_by_class_]
+        # sum_c (n_c/n) Q^T U_c Q = diag(lambda) - ridge I: the largest class follows from the others (K-1 rotations)
+        big = int(np.argmax(self.class_counts_))
+        quads: list[Array | None] = [None if c == big else _rotate(U, Q) for c, U in enumerate(self.U_by_class_)]
+        rest = np.diag(lam - self.ridge)
+        for c, X in enumerate(quads):
+            if X is not None:
+                rest -= w[c] * X
+        quads[big] = rest / w[big]
+        self.train_quad_ = quads
+        # rowsum(M o Q^T V_c); with V_c = v_c W / sqrt(d) (series) it is P^T v_c, P = Q o (W M^T)/sqrt(d): one
+        # p x p x d product for all classes and batches instead of one per class and batch
+        self._stein_P = Q * (self.W_ @ self.M_.T) / math.sqrt(d) if self.method == "series" else None
+        self.train_lin_ = [self._lin(m) for m in moments]
         self.mixture_ = mixture
         if mixture is not None:
             self._fit_population(mixture)
         return self
+
+    def _lin(self, mom: ClassMoments) -> Array:
+        """rowsum(M o Q^T V) (p,) of a group's moments."""
+        if self._stein_P is not None and mom.stein is not None:
+            return self._stein_P.T @ mom.stein
+        return (self.M_ * (self.eigenvectors_.T @ mom.V)).sum(1)
 
     def _fit_population(self, mixture: GaussianMixture) -> None:
         """Per-class test moments (fresh clean points, noise-averaged) and score-error moments (fresh points
@@ -426,26 +597,41 @@ class RandomFeaturesScore:
         rng = self._rng(3)
         m_test = max(1, int(self.test_samples) // nb)
         m_score = max(1, int(self.score_samples) // nb)
-        self._test_lin_full = [np.zeros((self.n_features, self.dim_)) for _ in range(K)]
-        self._score_lin_full = [np.zeros((self.n_features, self.dim_)) for _ in range(K)]
+        d = self.dim_
+        self._test_lin_full: list[Array] = [np.zeros((self.n_features, d)) for _ in range(K)]
+        self._score_lin_full = [np.zeros((self.n_features, d)) for _ in range(K)]
         for c in range(K):
+            # the draws of the class first, in the order of one batch after the other (test points, score
+            # points, score noise), then every batch of the class in one pass
+            draws = [(mixture.sample_class(c, m_test, rng), mixture.sample_class(c, m_score, rng),
+                      rng.standard_normal((m_score, d))) for _ in range(nb)]
+            x_test = np.concatenate([dr[0] for dr in draws])
+            if self.method == "series":  # the nb batches of a class in one pass (groups = batches)
+                moms = self._moments(x_test, np.repeat(np.arange(nb), m_test), nb, stream=0)
+            else:  # one seeded noise stream per batch
+                moms = [self._moments(x_test[b * m_test:(b + 1) * m_test], np.zeros(m_test, dtype=np.int64), 1,
+                                      stream=100 + nb * c + b)[0] for b in range(nb)]
+            # score error: x_t ~ class c of P_t, exact mixture score; features of the nb batches in one product
+            xt = e_t * np.concatenate([dr[1] for dr in draws]) + sq_delta * np.concatenate([dr[2] for dr in draws])
+            target = mixture.score(xt, self.time)
+            pq = self.features(xt) @ Q
+            if all(mom.stein is not None for mom in moms):
+                v_mean = np.mean([mom.stein for mom in moms], axis=0)
+                self._test_lin_full[c] = Q.T @ (v_mean[:, None] * self.W_) / math.sqrt(d)
+            else:
+                self._test_lin_full[c] = np.mean([Q.T @ mom.V for mom in moms], axis=0)
             for b in range(nb):
-                x = mixture.sample_class(c, m_test, rng)
-                mom = self._moments(x, np.zeros(m_test, dtype=np.int64), 1, stream=100 + nb * c + b)[0]
-                self.test_[c].quad.append(Q.T @ mom.U @ Q)
-                qv = Q.T @ mom.V
-                self.test_[c].lin.append((self.M_ * qv).sum(1))
-                self._test_lin_full[c] += qv / nb
-                # score error: x_t ~ class c of P_t, exact mixture score
-                xt = e_t * mixture.sample_class(c, m_score, rng) + sq_delta * rng.standard_normal((m_score, self.dim_))
-                phi = self.features(xt)
-                target = mixture.score(xt, self.time)
-                pq = phi @ Q
-                self.score_[c].quad.append(pq.T @ pq / m_score)
-                qz = pq.T @ target / m_score
+                mom = moms[b]
+                self.test_[c].quad.append(_rotate(mom.U, Q))
+                self.test_[c].lin.append(self._lin(mom))
+                rows = slice(b * m_score, (b + 1) * m_score)
+                pb, tb = pq[rows], target[rows]
+                self.score_[c].quad.append(pb.T @ pb / m_score)
+                qz = pb.T @ tb / m_score
                 self.score_[c].lin.append((self.M_ * qz).sum(1))
                 self._score_lin_full[c] += qz / nb
-                self.score_[c].const.append(float((target * target).sum(1).mean()))
+                self.score_[c].const.append(float((tb * tb).sum(1).mean()))
+                moms[b] = None  # release U_b once rotated
         self.test_samples_per_class_ = m_test * nb
         self.score_samples_per_class_ = m_score * nb
 
@@ -475,8 +661,7 @@ class RandomFeaturesScore:
 
     def _quadratic_curve(self, gam: Array, quad: Array, lin: Array, qscale: float, lscale: float,
                          const: float) -> Array:
-        h = quad * self.N_
-        return (qscale * np.einsum("tk,kl,tl->t", gam, h, gam, optimize=True) + lscale * gam @ lin + const) / self.dim_
+        return (qscale * _quadratic_rows(gam, quad * self.N_) + lscale * gam @ lin + const) / self.dim_
 
     def predict_curves(self, tau: ArrayLike) -> dict[str, Any]:
         """Per-class curves of the gradient flow at the times ``tau`` (T,), ``np.inf`` allowed.

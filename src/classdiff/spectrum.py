@@ -12,7 +12,9 @@ Pipeline of :meth:`FeatureSpectrum.fit`:
 1. scan: log-spaced lambda above the hard lower bound min_j s2bar_j (U >= sum_c rho_c D_{s2_c}), solved by
    continuation in eps; a point is in the support when Im q no longer scales with eps (ratio test between the
    last two eps levels);
-2. edges: bisection on the support indicator between the scan points around each change (warm starts);
+2. edges: safeguarded square-root extrapolation of rho^2 from the bulk side inside a gap/bulk bracket that each
+   solve narrows (one solve per trial point, classified by Im q against eps |dq/dz|); bisection on the two-level
+   indicator where that fails;
 3. grid: in each bulk [lo, hi], open Chebyshev points lambda = mid - half cos(theta); the density times
    sin(theta) is smooth in theta for square-root edges, so the midpoint rule in theta gives the bulk masses
    to near machine precision; masses + atom = 1 is checked;
@@ -29,13 +31,19 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import brentq
 
-from classdiff.spectrum_equations import FeatureTypes, feature_types, resolvent_parts
+from classdiff.spectrum_equations import FeatureTypes, feature_types, map_and_jacobian, resolvent_parts
 from classdiff.spectrum_solver import newton, relative_residual, solve_on_line
 
 __all__ = ["FeatureSpectrum", "spectrum_from_config", "types_from_config"]
 
 Array = NDArray[np.float64]
 CArray = NDArray[np.complex128]
+
+
+def _interp_rows(t: Array, t_known: Array, x_known: CArray) -> CArray:
+    """Linear interpolation (constant beyond the ends) of the rows of x_known (M, nu) at t (P,)."""
+    return np.stack([np.interp(t, t_known, x_known[:, j].real) + 1j * np.interp(t, t_known, x_known[:, j].imag)
+                     for j in range(x_known.shape[1])], axis=1)
 
 
 def types_from_config(config: Any, n_nodes: int | None = None) -> FeatureTypes:
@@ -174,30 +182,11 @@ class FeatureSpectrum:
         if not inside.any():
             raise RuntimeError("FeatureSpectrum: no support found on the scan; check the parameters")
         change = np.nonzero(np.diff(inside.astype(int)))[0]  # edge between change and change+1
-        sols = np.stack([kept[-2][1], kept[-1][1]])  # (2, P, nu)
-        # brackets: (gap side, bulk side)
-        left = change.copy()
-        right = change + 1
-        a = lam[left].copy()
-        b = lam[right].copy()
-        ia = inside[left].copy()
-        xa = sols[:, left].copy()
-        xb = sols[:, right].copy()
-        for _ in range(14):
-            if change.size == 0:
-                break
-            width = b - a
-            if np.all(width <= 1e-10 * np.maximum(np.abs(b), 1e-3) + 4 * self.epsilon):
-                break
-            mid = 0.5 * (a + b)
-            # warm start from the nearer bracket end of the same side as... use left end (continuous in lambda)
-            ind, xm = self._indicator_at(ft, mid, xa, xb)
-            same_as_left = ind == ia
-            a = np.where(same_as_left, mid, a)
-            b = np.where(same_as_left, b, mid)
-            xa = np.where(same_as_left[None, :, None], xm, xa)
-            xb = np.where(same_as_left[None, :, None], xb, xm)
-        edges = self._extrapolate_edges(ft, a, b, ia, xa, xb) if change.size else 0.5 * (a + b)
+        edges = self._sqrt_edges(ft, lam, inside, change, kept[-1][1])
+        failed = np.nonzero(~np.isfinite(edges))[0]
+        if failed.size:
+            edges[failed] = self._bisect_edges(ft, lam, inside, change[failed], kept)
+        self.edge_method_ = np.where(np.isin(np.arange(change.size), failed), "bisection", "sqrt")
         # assemble bulks from the sequence of edges
         bulks: list[_Bulk] = []
         start = float(lam[0]) if inside[0] else None
@@ -210,6 +199,192 @@ class FeatureSpectrum:
         if start is not None:
             bulks.append(_Bulk(lo=float(start), hi=float(lam[-1])))
         return bulks
+
+    def _sqrt_edges(self, ft: FeatureTypes, lam: Array, inside: NDArray[np.bool_], change: NDArray[np.intp],
+                    x_scan: CArray, max_rounds: int = 24, shrink: float = 0.02) -> Array:
+        """Edges by safeguarded square-root extrapolation (``docs/theory.md`` §4.3).
+
+        Each edge keeps a bracket [g, b]: g a point known to be in the gap, b one known to be in the bulk (from the
+        scan, then from the solves below), each classified by :meth:`_bulk_test` (one solve per point). Near a
+        square-root edge e, rho(lambda)^2 is an analytic function of lambda on the bulk side (rho = Im q is odd in
+        sqrt(lambda - e) there) vanishing linearly at e, so the root of the quadratic through the three bulk points
+        nearest the gap estimates e. A round then tests the two points e -+ h (h = ``shrink`` |b - e|, but at least
+        the floor ~ 10 eps below which the test is not reliable); when both land on the expected sides the
+        bracket shrinks to 2h around e, otherwise the next round bisects the bracket (the model is not yet in its
+        asymptotic regime). Each trial point is solved by Newton from both sides (the sqrt(lambda - e) model fitted to
+        the two nearest bulk solutions, and the gap-end solution) and kept only when the two agree (else a fresh
+        continuation in eps decides, :meth:`_solve_trials`). Stops when the bracket is below max(1e-9 |e|,
+        4 floor); the edge is the model root when it lies in the bracket, else the midpoint. Returns NaN where a
+        solve fails (those edges are located by bisection on the two-level indicator, :meth:`_bisect_edges`).
+        """
+        n = change.size
+        out = np.full(n, np.nan)
+        if n == 0:
+            return out
+        tol = self._newton_tol
+        npts = lam.size
+        left_in = inside[change]
+        sigma = np.where(left_in, -1.0, 1.0)  # direction from the edge into the bulk
+        b_idx = np.where(left_in, change, change + 1)
+        g_idx = np.where(left_in, change + 1, change)
+        # up to three bulk-side scan points, nearest first
+        idx = b_idx[:, None] + sigma.astype(int)[:, None] * np.arange(3)[None, :]
+        valid = (idx >= 0) & (idx < npts)
+        idx = np.clip(idx, 0, npts - 1)
+        valid &= inside[idx]
+        valid = np.cumprod(valid, axis=1).astype(bool)
+        _, q_scan, _, _ = map_and_jacobian(ft, lam + 1j * self.epsilon, x_scan, jacobian=False)
+        pts_l = np.where(valid, lam[idx], np.nan)  # (n, 3) bulk points nearest the gap first
+        pts_y = np.where(valid, q_scan.imag[idx] ** 2, np.nan)
+        pts_x = x_scan[idx]  # (n, 3, nu)
+        g_l, g_x = lam[g_idx].copy(), x_scan[g_idx].copy()
+        floor = 10.0 * self.epsilon + 1e-12 * np.abs(lam[b_idx])
+        target = np.maximum(1e-9 * np.abs(lam[b_idx]), 4.0 * floor)
+        ok = np.ones(n, dtype=bool)
+        done = np.zeros(n, dtype=bool)
+        bisect = np.zeros(n, dtype=bool)
+        for _ in range(max_rounds):
+            done |= np.abs(pts_l[:, 0] - g_l) <= target
+            act = np.nonzero(~done & ok)[0]
+            if act.size == 0:
+                break
+            sg, gl, bl = sigma[act], g_l[act], pts_l[act, 0]
+            e = self._model_root(pts_l[act], pts_y[act])
+            inb = np.isfinite(e) & ((e - gl) * sg > 0) & ((bl - e) * sg > 0)
+            use_model = inb & ~bisect[act]
+            e = np.where(use_model, e, 0.5 * (gl + bl))
+            h = np.maximum(shrink * np.abs(bl - e), floor[act])
+            hb = np.minimum(h, 0.5 * np.abs(bl - e))
+            hg = np.minimum(h, 0.5 * np.abs(e - gl))
+            t_b = np.where(use_model, e + sg * hb, e)  # bisection: one point (the midpoint), tested twice
+            t_g = np.where(use_model, e - sg * hg, e)
+            trial = np.concatenate([t_b, t_g])
+            # starting points: the sqrt model fitted to the two nearest bulk solutions (or the nearest bulk solution),
+            # then the other bracket end; a fresh continuation in eps if both fail
+            w1 = np.sqrt(np.maximum(sg * (pts_l[act, 0] - e), 0.0))
+            w2 = np.sqrt(np.maximum(sg * (pts_l[act, 1] - e), 0.0))
+            have2 = use_model & np.isfinite(w2) & (w1 != w2)
+            beta = np.where(have2[:, None], (pts_x[act, 0] - pts_x[act, 1]) / np.where(have2, w1 - w2, 1.0)[:, None], 0.0)
+            alpha = pts_x[act, 0] - beta * w1[:, None]
+            wb = np.sqrt(np.maximum(sg * (t_b - e), 0.0))
+            first = np.concatenate([alpha + beta * wb[:, None], g_x[act]])  # expected side first
+            second = np.concatenate([g_x[act], pts_x[act, 0]])
+            z = trial + 1j * self.epsilon
+            x, res, dxdz = self._solve_trials(ft, z, [first, second])
+            q, in_bulk = self._bulk_test(ft, z, x, dxdz)
+            m = act.size
+            conv = (res <= 10 * tol) & np.isfinite(q)
+            ok[act[~(conv[:m] & conv[m:])]] = False
+            # update the brackets: the gap-side trial first, then the bulk-side one (nearer the bulk)
+            expected = np.ones(m, dtype=bool)
+            for part, want_bulk in ((slice(m, None), False), (slice(0, m), True)):
+                tl, xb, yb, ib = trial[part], x[part], q.imag[part] ** 2, in_bulk[part]
+                expected &= ib == want_bulk
+                inside_br = ((tl - g_l[act]) * sg > 0) & ((pts_l[act, 0] - tl) * sg > 0)
+                to_gap = inside_br & ~ib
+                to_bulk = inside_br & ib
+                ia = act[to_gap]
+                g_l[ia], g_x[ia] = tl[to_gap], xb[to_gap]
+                ib_ = act[to_bulk]
+                pts_l[ib_, 1:], pts_y[ib_, 1:], pts_x[ib_, 1:] = pts_l[ib_, :2], pts_y[ib_, :2], pts_x[ib_, :2]
+                pts_l[ib_, 0], pts_y[ib_, 0], pts_x[ib_, 0] = tl[to_bulk], yb[to_bulk], xb[to_bulk]
+            bisect[act] = use_model & ~expected
+        ok &= done
+        est = self._model_root(pts_l, pts_y)
+        inb = np.isfinite(est) & ((est - g_l) * sigma >= 0) & ((pts_l[:, 0] - est) * sigma >= 0)
+        est = np.where(inb, est, 0.5 * (g_l + pts_l[:, 0]))
+        out[ok] = est[ok]
+        return out
+
+    def _solve_trials(self, ft: FeatureTypes, z: CArray, starts: list[CArray]) -> tuple[CArray, Array, CArray]:
+        """Solve at z by Newton from each of ``starts``. Near an edge Newton from the wrong side can land on a
+        spurious (non-Herglotz) root that still passes the sign checks, so a point is accepted only when the
+        starts that converge agree; the others get a fresh continuation in eps (authoritative). Returns the
+        solutions, residuals and dx/dz."""
+        tol = self._newton_tol
+        quick = {"max_iter": 8, "max_halvings": 1}  # a start that does not converge fast is not used
+        sols = [newton(ft, z, x0, tol=tol, tangent=True, **quick) for x0 in starts]
+        x, res, dxdz = (a.copy() for a in sols[0])
+        conv = np.stack([r <= 10 * tol for _, r, _ in sols])  # (S, P)
+        first = np.argmax(conv, axis=0)
+        for i, (xs, rs, ds) in enumerate(sols):
+            sel = first == i
+            x[sel], res[sel], dxdz[sel] = xs[sel], rs[sel], ds[sel]
+        scale = 1.0 + np.abs(x).max(axis=1)
+        agree = conv.any(axis=0)
+        for xs, rs, _ in sols:
+            agree &= ~(rs <= 10 * tol) | (np.abs(xs - x).max(axis=1) <= 1e-6 * scale)
+        bad = np.nonzero(~agree)[0]
+        if bad.size:
+            xb, _, _ = solve_on_line(ft, z[bad].real, self.epsilon, eps_start=self.upper_bound_, tol=tol)
+            x[bad], res[bad], dxdz[bad] = newton(ft, z[bad], xb, tol=tol, tangent=True)
+        return x, res, dxdz
+
+    @staticmethod
+    def _model_root(pts_l: Array, pts_y: Array) -> Array:
+        """Root of rho^2 extrapolated from the bulk points (nearest the gap first, NaN-padded): the quadratic
+        through three points, else the line through two."""
+        lin = FeatureSpectrum._quadratic_root(pts_l[:, :2], pts_y[:, :2], None, None)
+        quad = FeatureSpectrum._quadratic_root(pts_l[:, :2], pts_y[:, :2], pts_l[:, 2], pts_y[:, 2])
+        return np.where(np.isfinite(quad), quad, lin)
+
+    def _bulk_test(self, ft: FeatureTypes, z: CArray, x: CArray, dxdz: CArray) -> tuple[CArray, NDArray[np.bool_]]:
+        """q at z = lambda + i eps and whether lambda is in the support, from the derivative along the solution
+        branch: q(lambda + i eps) = q(lambda + i0) + i eps q'(lambda) + O(eps^2), so in a gap Im q ~ eps |dq/dz|,
+        while in a bulk (further than ~eps from an edge) eps |dq/dz| << Im q. The same criterion as the ratio of
+        Im q between two eps levels in the scan, without a second solve."""
+        _, q, _, _ = map_and_jacobian(ft, z, x, jacobian=False)
+        if ft.n_nodes == 1:
+            dq = dxdz[:, ft.n_classes]  # q is the last unknown
+        else:  # directional (holomorphic) difference along the branch
+            t = self.epsilon
+            _, q_t, _, _ = map_and_jacobian(ft, z + t, x + t * dxdz, jacobian=False)
+            dq = (q_t - q) / t
+        return q, self.epsilon * np.abs(dq) < 0.5 * q.imag
+
+    @staticmethod
+    def _quadratic_root(l2: Array, y2: Array, l3: Array | None, y3: Array | None) -> Array:
+        """Root, nearest the first point, of the line through (l2[:, 0], y2[:, 0]), (l2[:, 1], y2[:, 1]) or, with a
+        third point, of the interpolating quadratic (Newton on the quadratic from the linear root)."""
+        with np.errstate(all="ignore"):
+            l0, l1, y0, y1 = l2[:, 0], l2[:, 1], y2[:, 0], y2[:, 1]
+            s01 = (y1 - y0) / (l1 - l0)
+            root = l0 - y0 / s01
+            if l3 is None:
+                return root
+            s12 = (y3 - y1) / (l3 - l1)
+            c2 = (s12 - s01) / (l3 - l0)
+            for _ in range(4):  # p(l) = y0 + s01 (l - l0) + c2 (l - l0)(l - l1)
+                pv = y0 + s01 * (root - l0) + c2 * (root - l0) * (root - l1)
+                dp = s01 + c2 * (2 * root - l0 - l1)
+                root = root - pv / dp
+        return root
+
+    def _bisect_edges(self, ft: FeatureTypes, lam: Array, inside: NDArray[np.bool_], change: NDArray[np.intp],
+                      kept: list[tuple[float, CArray]]) -> Array:
+        """Fallback edge location: bisection on the support indicator between the scan points around each change
+        (warm starts from both bracket ends), then square-root extrapolation from the bracket."""
+        sols = np.stack([kept[-2][1], kept[-1][1]])  # (2, P, nu)
+        # brackets: (gap side, bulk side)
+        left = change.copy()
+        right = change + 1
+        a = lam[left].copy()
+        b = lam[right].copy()
+        ia = inside[left].copy()
+        xa = sols[:, left].copy()
+        xb = sols[:, right].copy()
+        for _ in range(14):
+            width = b - a
+            if np.all(width <= 1e-10 * np.maximum(np.abs(b), 1e-3) + 4 * self.epsilon):
+                break
+            mid = 0.5 * (a + b)
+            ind, xm = self._indicator_at(ft, mid, xa, xb)
+            same_as_left = ind == ia
+            a = np.where(same_as_left, mid, a)
+            b = np.where(same_as_left, b, mid)
+            xa = np.where(same_as_left[None, :, None], xm, xa)
+            xb = np.where(same_as_left[None, :, None], xb, xm)
+        return self._extrapolate_edges(ft, a, b, ia, xa, xb)
 
     def _extrapolate_edges(self, ft: FeatureTypes, a: Array, b: Array, ia: NDArray[np.bool_], xa: CArray,
                            xb: CArray) -> Array:
@@ -251,8 +426,8 @@ class FeatureSpectrum:
         dens = np.maximum(q.imag, 0.0) / np.pi
         for k, b in enumerate(bulks):
             sel = own == k
-            b.mass = self._bulk_mass(ft, b, per, dens[sel])
             b.lam, b.density = lam[sel], dens[sel]
+        self._bulk_masses(ft, bulks, per, dens, x, own)
         shares = self.class_traces(ft, z, x, parts)
         # output grid: bulk points plus zero-density points at every edge
         edge_pts = np.array([[b.lo, b.hi] for b in bulks]).ravel()
@@ -275,41 +450,62 @@ class FeatureSpectrum:
         self.theta_ = th
         self.points_per_bulk_ = per
 
-    def _bulk_mass(self, ft: FeatureTypes, bulk: _Bulk, per: int, dens: Array) -> float:
-        """Mass of one bulk: midpoint rule in theta (lambda = mid - half cos theta), refined by tripling the
+    def _bulk_masses(self, ft: FeatureTypes, bulks: list[_Bulk], per: int, dens: Array, x: CArray,
+                     owner: NDArray[np.intp]) -> None:
+        """Mass of each bulk: midpoint rule in theta (lambda = mid - half cos theta), refined by tripling the
         number of points (the old points are reused) until two levels agree within ``mass_tolerance`` or
         ``max_mass_refinements`` triplings were made. Square-root edges need no refinement (the integrand
-        dens sin(theta) is smooth); bulks made of merged narrow pieces (feature types from centroids) do."""
-        mid, half = 0.5 * (bulk.lo + bulk.hi), 0.5 * (bulk.hi - bulk.lo)
-        theta = (np.arange(per) + 0.5) * np.pi / per
-        values = dens * np.sin(theta)
-        mass = float(half * np.pi / per * values.sum())
-        n = per
+        dens sin(theta) is smooth); bulks made of merged narrow pieces (feature types from centroids) do.
+        All bulks are refined together; the new points start from the solutions interpolated in theta (the
+        solution is smooth in theta up to square-root edges, where lambda - edge ~ theta^2)."""
+        state = []
+        for k, b in enumerate(bulks):
+            theta = (np.arange(per) + 0.5) * np.pi / per
+            values = dens[owner == k] * np.sin(theta)
+            b.mass = float(0.5 * (b.hi - b.lo) * np.pi / per * values.sum())
+            state.append({"n": per, "values": values, "x": x[owner == k], "theta": theta, "done": False})
         for _ in range(self.max_mass_refinements):
-            # the midpoints of a 3n-point midpoint rule are the n old ones and 2n new ones
-            j = np.arange(3 * n)
-            new_theta = (j + 0.5) * np.pi / (3 * n)
-            fresh = (j % 3) != 1
-            lam_new = mid - half * np.cos(new_theta[fresh])
-            x = self._warm_solve(ft, lam_new)
-            q = resolvent_parts(ft, lam_new + 1j * self.epsilon, x)["Qbar"] @ ft.node_weights
-            all_values = np.empty(3 * n)
-            all_values[~fresh] = values
-            all_values[fresh] = np.maximum(q.imag, 0.0) / np.pi * np.sin(new_theta[fresh])
-            new_mass = float(half * np.pi / (3 * n) * all_values.sum())
-            converged = abs(new_mass - mass) <= self.mass_tolerance
-            mass, values, n = new_mass, all_values, 3 * n
-            if converged:
+            active = [k for k, st in enumerate(state) if not st["done"]]
+            if not active:
                 break
-        return mass
+            lam_new, x0_new, parts = [], [], []
+            for k in active:
+                st, b = state[k], bulks[k]
+                n = st["n"]
+                # the midpoints of a 3n-point midpoint rule are the n old ones and 2n new ones
+                j = np.arange(3 * n)
+                new_theta = (j + 0.5) * np.pi / (3 * n)
+                fresh = (j % 3) != 1
+                mid, half = 0.5 * (b.lo + b.hi), 0.5 * (b.hi - b.lo)
+                lam_new.append(mid - half * np.cos(new_theta[fresh]))
+                x0_new.append(_interp_rows(new_theta[fresh], st["theta"], st["x"]))
+                parts.append((new_theta, fresh))
+            lam_cat = np.concatenate(lam_new)
+            x_cat = self._warm_solve(ft, lam_cat, np.concatenate(x0_new))
+            _, q_cat, _, _ = map_and_jacobian(ft, lam_cat + 1j * self.epsilon, x_cat, jacobian=False)
+            offset = 0
+            for k, (new_theta, fresh) in zip(active, parts):
+                st, b = state[k], bulks[k]
+                m = int(fresh.sum())
+                n = st["n"]
+                all_values = np.empty(3 * n)
+                all_values[~fresh] = st["values"]
+                all_values[fresh] = np.maximum(q_cat[offset: offset + m].imag, 0.0) / np.pi * np.sin(new_theta[fresh])
+                all_x = np.empty((3 * n, x_cat.shape[1]), dtype=np.complex128)
+                all_x[~fresh] = st["x"]
+                all_x[fresh] = x_cat[offset: offset + m]
+                offset += m
+                new_mass = float(0.5 * (b.hi - b.lo) * np.pi / (3 * n) * all_values.sum())
+                st["done"] = abs(new_mass - b.mass) <= self.mass_tolerance
+                b.mass = new_mass
+                st.update(n=3 * n, values=all_values, x=all_x, theta=new_theta)
 
-    def _warm_solve(self, ft: FeatureTypes, lam: Array) -> CArray:
-        """Solve at lam + i eps by Newton from the scan solution interpolated in lambda (continuation in
-        lambda); points that do not converge get a fresh continuation in eps."""
+    def _warm_solve(self, ft: FeatureTypes, lam: Array, x0: CArray | None = None) -> CArray:
+        """Solve at lam + i eps by Newton from ``x0`` or from the scan solution interpolated in lambda
+        (continuation in lambda); points that do not converge get a fresh continuation in eps."""
         tol = self._newton_tol
-        scan_lam, scan_x = self.scan_["lambda"], self.scan_["solution"]
-        x0 = np.stack([np.interp(lam, scan_lam, scan_x[:, j].real) + 1j * np.interp(lam, scan_lam, scan_x[:, j].imag)
-                       for j in range(scan_x.shape[1])], axis=1)
+        if x0 is None:
+            x0 = _interp_rows(lam, self.scan_["lambda"], self.scan_["solution"])
         z = lam + 1j * self.epsilon
         x, res = newton(ft, z, x0, tol=tol)
         bad = ~(res <= 10 * tol)

@@ -36,7 +36,8 @@ from numpy.typing import NDArray
 from classdiff.features import equivalence_constants, gauss_hermite
 from classdiff.process import noise_variance, signal_scale
 
-__all__ = ["FeatureTypes", "feature_types", "fixed_point_map", "residual", "resolvent_parts", "unpack"]
+__all__ = ["FeatureTypes", "feature_types", "fixed_point_map", "map_and_jacobian", "residual", "resolvent_parts",
+           "unpack"]
 
 Array = NDArray[np.float64]
 CArray = NDArray[np.complex128]
@@ -88,6 +89,29 @@ class FeatureTypes:
         """Products a_{k,j} a_{l,j}, shape (K*K, N) (row k*K + l)."""
         k = self.n_classes
         return (self.a[:, None, :] * self.a[None, :, :]).reshape(k * k, -1)
+
+    @cached_property
+    def eye(self) -> Array:
+        """Identity (K, K)."""
+        return np.eye(self.n_classes)
+
+    @cached_property
+    def _jac_consts(self) -> dict[str, Array]:
+        """Constants of :func:`map_and_jacobian` (row/column layout of the packed unknowns)."""
+        k = self.n_classes
+        w = self.node_weights
+        iu = _triu(k)
+        out = {"iu0": iu[0], "iu1": iu[1], "factor": np.where(iu[0] == iu[1], 1.0, 2.0),
+               "waa_pairs": self.psi_p * (self.a[iu[0]] * self.a[iu[1]] * w).T,  # (N, npair)
+               "wv2": (self.psi_p / self.psi_n) * (self.v2 * w).T,  # (N, K)
+               "v20": self.v2[:, 0].copy(), "rho_delta_t": self.weights * self.delta_t}
+        a2 = self.a[:, 0] ** 2
+        out.update(a2=a2, s2bar0=float(self.s2_bar[0]), rv2=self.weights * self.v2[:, 0],
+                   rAa2=self.weights * self.signal_variances * a2,
+                   r1=np.append(self.signal_variances * a2 / self.psi_n, 0.0),
+                   r2=np.append(self.psi_p * self.v2[:, 0] / self.psi_n, 1.0))
+        out["w_all"] = np.concatenate([out["wv2"], out["waa_pairs"]], axis=1)  # (N, n_unknowns): rows of F
+        return out
 
     @property
     def n_unknowns(self) -> int:
@@ -221,6 +245,24 @@ def pack(ft: FeatureTypes, delta: CArray, dm: CArray, q: CArray | None = None) -
     return np.concatenate([delta, dm[:, iu[0], iu[1]]], axis=1)
 
 
+def _inv_small(m: CArray) -> CArray:
+    """Inverse of a batch (P, K, K) of small matrices: closed form for K <= 2 (numpy.linalg.inv has a large
+    per-call overhead on batches of tiny matrices), numpy.linalg.inv beyond."""
+    k = m.shape[-1]
+    if k == 1:
+        return 1.0 / m
+    if k == 2:
+        a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+        out = np.empty_like(m)
+        idet = 1.0 / (a * d - b * c)
+        out[:, 0, 0] = d * idet
+        out[:, 0, 1] = -b * idet
+        out[:, 1, 0] = -c * idet
+        out[:, 1, 1] = a * idet
+        return out
+    return np.linalg.inv(m)
+
+
 def resolvent_parts(ft: FeatureTypes, z: CArray, x: CArray) -> dict[str, CArray]:
     """Everything the map (F) builds from the unknowns x (P, n_unknowns) at spectral parameters z (P,).
 
@@ -231,14 +273,24 @@ def resolvent_parts(ft: FeatureTypes, z: CArray, x: CArray) -> dict[str, CArray]
     k = ft.n_classes
     gamma = ft.weights / (1.0 + delta)
     G = ft.weights * ft.delta_t + gamma * ft.signal_variances
-    eye = np.eye(k)
-    # M = diag(G) (I + Dm diag(G))^{-1}
-    inv1 = np.linalg.inv(eye + dm * G[:, None, :])
-    M = G[:, :, None] * inv1
     lam = ft.s2_bar[None, :] + gamma @ ft.v2  # (P, N)
-    quad = M.reshape(M.shape[0], k * k) @ ft.aa
+    if ft.n_nodes == 1:
+        # Dm = psi_p q a a^T is rank one: Sherman-Morrison gives M and T in closed form
+        a = ft.a[:, 0]
+        q = x[:, k]
+        ga = G * a  # (P, K)
+        s = ga @ a
+        den = 1.0 + ft.psi_p * q * s
+        M = G[:, :, None] * np.eye(k) - (ft.psi_p * q / den)[:, None, None] * ga[:, :, None] * ga[:, None, :]
+        T = dm / den[:, None, None]
+        quad = (s / den)[:, None]
+    else:
+        # M = diag(G) (I + Dm diag(G))^{-1}; (I + diag(G) Dm)^{-1} is the transpose of (I + Dm diag(G))^{-1}
+        inv1 = _inv_small(ft.eye + dm * G[:, None, :])
+        M = G[:, :, None] * inv1
+        quad = M.reshape(M.shape[0], k * k) @ ft.aa
+        T = dm @ inv1.transpose(0, 2, 1)
     qbar = 1.0 / (lam - z[:, None] + quad)
-    T = dm @ np.linalg.inv(eye + G[:, :, None] * dm)
     return {"gamma": gamma, "G": G, "M": M, "Qbar": qbar, "T": T, "delta": delta, "Dm": dm}
 
 
@@ -251,6 +303,107 @@ def fixed_point_map(ft: FeatureTypes, z: CArray, x: CArray) -> tuple[CArray, dic
     tdiag = np.einsum("pcc->pc", parts["T"])
     delta_new = (ft.signal_variances * tdiag + ft.psi_p * qw @ ft.v2.T) / ft.psi_n
     return pack(ft, delta_new, dm_new, parts["Qbar"][:, 0] if ft.n_nodes == 1 else None), parts
+
+
+_CHUNK_ELEMENTS = 1 << 20  # complex entries of the largest temporary of map_and_jacobian (16 MiB)
+
+
+def map_and_jacobian(ft: FeatureTypes, z: CArray, x: CArray, jacobian: bool = True
+                     ) -> tuple[CArray, CArray, CArray | None, CArray | None]:
+    """The map (F) at x (P, n_unknowns), q = E_j[Qbar_j] (P,) and, with ``jacobian``, the analytic Jacobian
+    dF/dx (P, n_unknowns, n_unknowns) (F is holomorphic in x) and the partial derivative dF/dz at fixed x
+    (P, n_unknowns) (z enters through Qbar_j only: dQbar_j/dz = Qbar_j^2); else (F, q, None, None).
+
+    This is the solver's hot path: the same map as :func:`fixed_point_map` without the dictionary of
+    intermediate quantities and with closed-form small inverses. Derivatives (``docs/theory.md`` §4.2), with
+    gamma'_c = -gamma_c^2/rho_c, G'_c = A_c gamma'_c, L = (I + diag(G) Dm)^{-1}, M = diag(G) L^T (symmetric),
+    T = Dm L:
+
+        d(a^T M a) = sum_c (L^T a)_c^2 dG_c - (M a)^T dDm (M a),     dT = L^T dDm L - T dG T,
+        dQbar_j = -Qbar_j^2 (dLambda_j + d(a_j^T M a_j)).
+
+    With one feature type (unknowns delta, q; Dm = psi_p q a a^T) everything is scalar: s = sum_c G_c a_c^2,
+    den = 1 + psi_p q s, a^T M a = s/den, T_cc = psi_p q a_c^2/den.
+    """
+    k = ft.n_classes
+    c = ft._jac_consts
+    rho, A, pp, pn = ft.weights, ft.signal_variances, ft.psi_p, ft.psi_n
+    delta = x[:, :k]
+    inv1p = 1.0 / (1.0 + delta)
+    gamma = rho * inv1p
+    G = c["rho_delta_t"] + gamma * A
+    if ft.n_nodes == 1:
+        # F = u r1 + Qbar r2 with u = psi_p q den, r1 = (A_c a_c^2/psi_n, 0), r2 = (psi_p v2_c/psi_n, 1), so the
+        # Jacobian is rank two: r1 (x) grad u + r2 (x) grad Qbar
+        q = x[:, k]
+        s = G @ c["a2"]
+        lam = c["s2bar0"] + gamma @ c["v20"]
+        den = 1.0 / (1.0 + pp * q * s)
+        qb = 1.0 / (lam - z + s * den)
+        u = pp * q * den
+        r1, r2 = c["r1"], c["r2"]
+        fx = u[:, None] * r1 + qb[:, None] * r2
+        if not jacobian:
+            return fx, qb, None, None
+        w = inv1p * inv1p  # -dgamma_c/ddelta_c / rho_c
+        den2 = den * den
+        qb2 = qb * qb
+        # ds/ddelta_c = -rho_c A_c a_c^2 w_c, dLambda/ddelta_c = -rho_c v2_c w_c; grad Qbar = -Qbar^2 (grad Lambda +
+        # den^2 grad s) + e_q Qbar^2 psi_p s^2 den^2; grad u = -u^2 grad s + e_q psi_p den^2
+        g_q = np.empty_like(x)
+        g_q[:, :k] = qb2[:, None] * w * (c["rv2"] + c["rAa2"] * den2[:, None])
+        g_q[:, k] = qb2 * pp * s * s * den2
+        g_u = np.empty_like(x)
+        g_u[:, :k] = (u * u)[:, None] * c["rAa2"] * w
+        g_u[:, k] = pp * den2
+        jac = r1[None, :, None] * g_u[:, None, :] + r2[None, :, None] * g_q[:, None, :]
+        return fx, qb, jac, qb2[:, None] * r2
+    P = x.shape[0]
+    chunk = max(1, _CHUNK_ELEMENTS // (ft.n_nodes * x.shape[1]))
+    if jacobian and P > chunk:  # bound the (P, N, n_unknowns) temporaries of the Jacobian
+        outs = [map_and_jacobian(ft, z[i: i + chunk], x[i: i + chunk]) for i in range(0, P, chunk)]
+        return tuple(np.concatenate([o[j] for o in outs]) for j in range(4))  # type: ignore[return-value]
+    iu0, iu1 = c["iu0"], c["iu1"]
+    dm = np.empty((P, k, k), dtype=np.complex128)
+    dm[:, iu0, iu1] = x[:, k:]
+    dm[:, iu1, iu0] = x[:, k:]
+    Linv = _inv_small(ft.eye + G[:, :, None] * dm)  # L = (I + diag(G) Dm)^{-1}
+    M = G[:, :, None] * Linv.transpose(0, 2, 1)  # diag(G) L^T
+    T = dm @ Linv
+    lam = ft.s2_bar[None, :] + gamma @ ft.v2  # (P, N)
+    quad = M.reshape(P, k * k) @ ft.aa
+    qb = 1.0 / (lam - z[:, None] + quad)  # (P, N)
+    w = ft.node_weights
+    qw = qb @ w
+    tdiag = T[:, np.arange(k), np.arange(k)]
+    fx = qb @ c["w_all"]
+    fx[:, :k] += (A * tdiag) / pn
+    if not jacobian:
+        return fx, qw, None, None
+    nu = x.shape[1]
+    dgam = -gamma * inv1p
+    dG = A * dgam  # (P, K)
+    a = ft.a  # (K, N)
+    # e_j = L^T a_j, b_j = M a_j: (P, K, N)
+    e = Linv.transpose(0, 2, 1) @ a
+    b = M @ a
+    # dQbar_j/dx_u, stored (P, u, j) (contiguous in the nodes j)
+    dqbar = np.empty((P, nu, ft.n_nodes), dtype=np.complex128)
+    # columns delta_c: dLambda_j = v2_cj gamma'_c, d quad_j = e_cj^2 G'_c
+    np.multiply(dG[:, :, None], e * e, out=dqbar[:, :k])
+    dqbar[:, :k] += dgam[:, :, None] * ft.v2[None]
+    # columns Dm_kl (k <= l, symmetric perturbation): d quad_j = -f_kl b_kj b_lj
+    np.multiply(b[:, iu0, :], b[:, iu1, :], out=dqbar[:, k:])
+    dqbar[:, k:] *= -c["factor"][None, :, None]
+    qb2 = qb * qb
+    fz = qb2 @ c["w_all"]
+    dqbar *= -qb2[:, None, :]
+    jac = np.ascontiguousarray((dqbar @ c["w_all"]).transpose(0, 2, 1))  # (P, row, column)
+    # T_cc: d/ddelta_m = -T_cm^2 G'_m; d/dDm_kl = f_kl L_kc L_lc
+    jac[:, :k, :k] += (A / pn)[None, :, None] * (-(T * T) * dG[:, None, :])
+    jac[:, :k, k:] += (A / pn)[None, :, None] * (c["factor"][None, None, :] * Linv[:, iu0, :].transpose(0, 2, 1)
+                                                 * Linv[:, iu1, :].transpose(0, 2, 1))
+    return fx, qw, jac, fz
 
 
 def residual(ft: FeatureTypes, z: CArray, x: CArray) -> CArray:

@@ -61,7 +61,7 @@ def test_solver_guarantees(fitted, name):
     _, spec = fitted[name]
     assert np.nanmax(spec.residual_) <= 1e-10
     # with centroids the type quadrature turns the part of the spectrum made of saturated features into a comb of
-    # narrow pieces (docs/theory.md §4.5); the adaptive mass quadrature still closes the total to 1e-6.
+    # narrow pieces (docs/theory.md §4, item 6a); the adaptive mass quadrature still closes the total to 1e-6.
     # sigma_c -> 0 puts the degenerate class's sample directions into a near-atom narrower than eps at s2_bar
     tol = 1e-6
     if name == "K2-sigma-to-0":

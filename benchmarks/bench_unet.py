@@ -1,12 +1,20 @@
 """U-Net training throughput on CPU: classdiff's UNet vs diffusers' UNet2DModel with equal widths, blocks, batch.
 
-Run: .venv/bin/python benchmarks/bench_unet.py [--width 32] [--batch 64] [--threads 2]
-Target (issue 6): images/s of one training step (forward, epsilon-MSE, backward, Adam) >= 1.2x diffusers'.
-diffusers is optional (``pip install diffusers``); without it the reference column is skipped.
+Run: .venv/bin/python benchmarks/bench_unet.py [--width 32] [--batch 64] [--threads 2] [--compile]
+Target (issue 6): images/s of one training step (forward, epsilon-MSE, backward, Adam) >= 1.2x diffusers',
+both in float32 eager mode (no autocast). diffusers is optional (``pip install diffusers``, the ``bench`` extra);
+without it the reference rows are skipped.
 
 Both models: 28x28x1, channels W x (1, 2, 4), 2 residual blocks per level, attention at the two coarser
-levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time embedding.
-The two are timed alternately, best of several repeats (the machine is shared; the ratio is what counts).
+levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time embedding;
+the parameter counts are printed and must agree. The variants are timed alternately (one round of every variant,
+then the next round), best of several repeats (the machine is shared; the ratio is what counts), and the load
+average before and after is printed.
+
+``--compile`` adds both models wrapped in ``torch.compile`` (inductor, needs a C++ compiler), with the compile time
+(the first steps) reported apart from the step time, and three ratios: both eager (the target), both compiled,
+and classdiff compiled vs diffusers eager. classdiff itself never compiles: on this CPU the compiled step
+measured slower than the eager one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import print_table
+
+OURS, REF = "classdiff UNet", "diffusers UNet2DModel"
 
 
 def _models(width: int):
@@ -39,7 +49,7 @@ def _models(width: int):
     return ours, ref
 
 
-def _step_fn(model, batch: int, diffusers_api: bool):
+def _step_fn(model, batch: int, diffusers_api: bool, compiled: bool = False):
     import torch
     import torch.nn.functional as F
 
@@ -49,9 +59,10 @@ def _step_fn(model, batch: int, diffusers_api: bool):
     eps = torch.randn(batch, 1, 28, 28, generator=g)
     k = torch.randint(0, 1000, (batch,), generator=g)
     model.train()
+    net = torch.compile(model) if compiled else model
 
     def step():
-        out = model(x, k).sample if diffusers_api else model(x, k)
+        out = net(x, k).sample if diffusers_api else net(x, k)
         loss = F.mse_loss(out, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -60,61 +71,107 @@ def _step_fn(model, batch: int, diffusers_api: bool):
     return step
 
 
-def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, repeats: int = 3) -> dict:
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg()) + f" (1, 5, 15 min; {os.cpu_count()} CPUs)"
+    except OSError:
+        return "unavailable"
+
+
+def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, repeats: int = 3,
+            compile: bool = False) -> dict:
+    """Per variant: ``s_per_step``, ``images_per_s``, ``cpu_s_per_step`` (best of ``repeats`` rounds of ``steps``),
+    ``params``, ``warmup_s`` (the first two steps: the compile time for compiled variants) and ``compiled``."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     ours, ref = _models(width)
-    fns = {"classdiff UNet": _step_fn(ours, batch, False)}
-    params = {"classdiff UNet": sum(p.numel() for p in ours.parameters())}
+    variants = {OURS: (ours, False, False)}
     if ref is not None:
-        fns["diffusers UNet2DModel"] = _step_fn(ref, batch, True)
-        params["diffusers UNet2DModel"] = sum(p.numel() for p in ref.parameters())
-    for fn in fns.values():  # warm-up
-        fn()
+        variants[REF] = (ref, True, False)
+    if compile:
+        variants[OURS + " (compiled)"] = (ours, False, True)
+        if ref is not None:
+            variants[REF + " (compiled)"] = (ref, True, True)
+    fns, warmup = {}, {}
+    for name, (model, diffusers_api, compiled) in variants.items():
+        if compiled:  # a separate copy: the eager variant keeps its own weights and optimizer
+            import copy
+
+            model = copy.deepcopy(model)
+        fns[name] = _step_fn(model, batch, diffusers_api, compiled)
+        t0 = time.perf_counter()
+        fns[name]()
+        fns[name]()
+        warmup[name] = time.perf_counter() - t0
     best = dict.fromkeys(fns, float("inf"))
     best_cpu = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        for name, fn in fns.items():  # alternate so that load changes hit both
+        for name, fn in fns.items():  # alternate so that load changes hit every variant
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t0) / steps)
             best_cpu[name] = min(best_cpu[name], (time.process_time() - c0) / steps)
     return {name: {"s_per_step": best[name], "images_per_s": batch / best[name], "cpu_s_per_step": best_cpu[name],
-                   "params": params[name]} for name in fns}
+                   "params": sum(p.numel() for p in variants[name][0].parameters()), "warmup_s": warmup[name],
+                   "compiled": variants[name][2]} for name in fns}
 
 
 def ratios() -> list[dict]:
     quick = os.environ.get("CLASSDIFF_BENCH_QUICK") == "1"
     res = measure(width=16 if quick else 32, batch=32 if quick else 64, steps=2 if quick else 3)
-    if "diffusers UNet2DModel" not in res:
+    if REF not in res:
         return []
-    ours = res["classdiff UNet"]["images_per_s"]
-    ref = res["diffusers UNet2DModel"]["images_per_s"]
-    return [{"benchmark": "U-Net CPU training throughput vs diffusers", "ours": ours, "reference": ref,
-             "unit": "img/s", "ratio": ours / ref / 1.2, "target": ">= 1.2x diffusers UNet2DModel"}]
+    ours = res[OURS]["images_per_s"]
+    ref = res[REF]["images_per_s"]
+    return [{"benchmark": "U-Net CPU training throughput vs diffusers", "ours": ours,
+             "reference": ref, "unit": "img/s", "ratio": ours / ref / 1.2, "target": ">= 1.2x diffusers UNet2DModel"}]
 
 
 def main() -> None:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     a = parser.parse_args()
-    res = measure(a.width, a.batch, a.threads, a.steps, a.repeats)
-    base = res.get("diffusers UNet2DModel", {}).get("images_per_s")
-    base_cpu = res.get("diffusers UNet2DModel", {}).get("cpu_s_per_step")
-    rows = [[name, r["params"], r["s_per_step"], r["images_per_s"], (r["images_per_s"] / base) if base else "-",
-             r["cpu_s_per_step"], (base_cpu / r["cpu_s_per_step"]) if base_cpu else "-"] for name, r in res.items()]
-    if base is None:
-        print("diffusers not installed: reference column skipped", file=sys.stderr)
-    print_table(f"U-Net training step on CPU, W = {a.width}, batch {a.batch}, {a.threads} threads",
-                ["model", "params", "wall s/step", "img/s", "vs diffusers (wall)", "CPU s/step",
-                 "vs diffusers (CPU time)"], rows)
+    versions = f"torch {torch.__version__}"
+    if importlib.util.find_spec("diffusers") is not None:
+        import diffusers
+
+        versions += f", diffusers {diffusers.__version__}"
+    print(f"{versions}; load average before: {load_average()}")
+    res = measure(a.width, a.batch, a.threads, a.steps, a.repeats, a.compile)
+    print(f"load average after: {load_average()}")
+    if REF not in res:
+        print("diffusers not installed: reference rows skipped", file=sys.stderr)
+
+    def vs(name: str, ref: str, key: str) -> object:
+        if ref not in res:
+            return "-"
+        r, b = res[name][key], res[ref][key]
+        return b / r if key.endswith("per_step") else r / b
+
+    rows = [[name, "compiled" if r["compiled"] else "eager", r["params"], r["warmup_s"], r["s_per_step"],
+             r["images_per_s"], vs(name, REF, "images_per_s"), r["cpu_s_per_step"], vs(name, REF, "cpu_s_per_step")]
+            for name, r in res.items()]
+    print_table(f"U-Net training step on CPU, fp32, W = {a.width}, batch {a.batch}, {a.threads} threads, "
+                f"best of {a.repeats} x {a.steps} steps", ["model", "mode", "params", "first 2 steps s (compile)",
+                "wall s/step", "img/s", "vs diffusers eager (wall)", "CPU s/step", "vs diffusers eager (CPU)"], rows)
+    if REF in res:
+        summary = [["both eager (the target: >= 1.2)", res[OURS]["images_per_s"] / res[REF]["images_per_s"]]]
+        if a.compile:
+            summary += [["both compiled", res[OURS + " (compiled)"]["images_per_s"]
+                         / res[REF + " (compiled)"]["images_per_s"]],
+                        ["classdiff compiled vs diffusers eager (not like for like)",
+                         res[OURS + " (compiled)"]["images_per_s"] / res[REF]["images_per_s"]]]
+        print_table("throughput ratio classdiff / diffusers (img/s, wall)", ["comparison", "ratio"], summary)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,27 @@ Layout with base width W and channel multipliers (m_1, ..., m_L) (L <= 3 at 28x2
 * output GroupNorm -> SiLU -> 3x3 conv to 1 channel (the predicted noise epsilon), last conv zero-initialised.
 
 Shapes: ``forward(x (B, 1, 28, 28), k (B,) float or int, y (B,) long or None) -> (B, 1, 28, 28)``.
+
+How the computation is done (the function and the parameters are those of the layout above; the state_dict
+keys are those of the first, plain version, whose checkpoints load unchanged). Measured with
+``benchmarks/bench_unet.py`` against diffusers' ``UNet2DModel`` of the same layout, on CPU:
+
+* activations and conv weights in channels_last (NHWC): oneDNN convolves NHWC without the reorders to and from
+  its blocked layout that NCHW costs on every forward and backward call, and the attention tokens
+  (B, HW, C) are then a free view;
+* GroupNorm of channels_last CPU tensors with many pixels through :class:`_GroupNormNHWC` (per-channel sums,
+  one fused scale-and-shift, a closed-form backward), several times faster than ATen's channels_last
+  GroupNorm kernel at 28x28; other inputs take ``F.group_norm``;
+* nearest-neighbour 2x upsampling followed by a 3x3 conv computed as one 2x2 conv with 4x the output channels on
+  the low-resolution input, interleaved (sub-pixel form; 4/9 of the multiply-adds, no upsampled copy); the
+  2x2 kernels are sums of the 3x3 taps, so gradients still reach the same 3x3 weight;
+* attention over the 7x7 positions on CPU as batched matmuls with a hand-written backward (:class:`_Attention`),
+  faster there than the flash kernel of ``F.scaled_dot_product_attention``, which the other levels keep;
+* the time-embedding projections of all residual blocks as one matmul;
+* dropout masks on CPU from 15-bit integers, four per 64-bit draw of the generator (see :func:`_dropout_mask`:
+  the drop probability is p rounded to a multiple of 2^-15, 0.1 -> 0.1000061), several times cheaper than
+  ``nn.Dropout``'s ``bernoulli_``, a different random stream from the plain version's; the 1 / (1 - p) scale
+  is folded into the weight of the conv that follows (one pass less over the activations, forward and backward).
 """
 
 from __future__ import annotations
@@ -28,6 +49,8 @@ from torch import nn
 __all__ = ["UNet", "timestep_embedding"]
 
 GROUPS = 8
+NHWC_GROUPNORM_MIN_PIXELS = 256  # _GroupNormNHWC from this many pixels (28x28 levels); ATen's kernel below
+BMM_ATTENTION_MAX_TOKENS = 64  # CPU attention over at most this many positions (7x7) through _Attention
 
 
 def timestep_embedding(k: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -41,30 +64,166 @@ def timestep_embedding(k: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def _group_stats(xv: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std (B, G, 1) of the groups of channels of ``xv`` (B, HW, C); moments combined in float64."""
+    b, hw, c = xv.shape
+    n = hw * (c // groups)
+    s1 = xv.sum(1).view(b, groups, -1).sum(-1, keepdim=True).double()
+    s2 = torch.linalg.vecdot(xv, xv, dim=1).view(b, groups, -1).sum(-1, keepdim=True).double()
+    mean = s1 / n
+    var = (s2 / n - mean.square()).clamp_min(0.0)
+    return mean.to(xv.dtype), (var + eps).rsqrt().to(xv.dtype)
+
+
+class _GroupNormNHWC(torch.autograd.Function):
+    """``F.group_norm`` of a channels_last (B, C, H, W) tensor, output channels_last.
+
+    Forward: per-channel sums of x and x^2 over the pixels, group moments, y = x * scale + shift in one pass.
+    Backward (xhat = (x - mean) rstd, dxhat = gamma g, means over the N = HW C/G elements of a group):
+    dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), from the per-channel sums of g and g x.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        b, c, h, w = x.shape
+        xv = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels_last x
+        mean, rstd = _group_stats(xv, groups, eps)
+        wg = weight.view(groups, -1)
+        scale = (wg * rstd).view(b, 1, c)
+        shift = bias.view(1, 1, c) - (wg * (mean * rstd)).view(b, 1, c)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        return torch.addcmul(shift, xv, scale).view(b, h, w, c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, mean, rstd = ctx.saved_tensors
+        groups = ctx.groups
+        b, c, h, w = x.shape
+        cg = c // groups
+        n = h * w * cg
+        gv = g.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        xv = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        sum_g = gv.sum(1).view(b, groups, cg)  # sum over pixels of g, per channel
+        sum_gxhat = (torch.linalg.vecdot(gv, xv, dim=1).view(b, groups, cg) - mean * sum_g) * rstd
+        wg = weight.view(groups, cg)
+        dweight = sum_gxhat.sum(0).reshape(c) if ctx.needs_input_grad[1] else None
+        dbias = sum_g.sum(0).reshape(c) if ctx.needs_input_grad[2] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            m1 = (wg * sum_g).sum(-1, keepdim=True) / n  # mean(dxhat) per group
+            m2 = (wg * sum_gxhat).sum(-1, keepdim=True) / n  # mean(dxhat xhat) per group
+            coef_x = (-rstd.square() * m2).expand(b, groups, cg).reshape(b, 1, c)
+            const = (rstd * (mean * rstd * m2 - m1)).expand(b, groups, cg).reshape(b, 1, c)
+            dxv = torch.addcmul(const, xv, coef_x).addcmul_(gv, (wg * rstd).view(b, 1, c))
+            dx = dxv.view(b, h, w, c).permute(0, 3, 1, 2)
+        return dx, dweight, dbias, None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state_dict keys) taking :class:`_GroupNormNHWC` for channels_last
+    float CPU inputs of at least ``NHWC_GROUPNORM_MIN_PIXELS`` pixels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dim() == 4 and self.affine and x.dtype == self.weight.dtype
+                and x.shape[2] * x.shape[3] >= NHWC_GROUPNORM_MIN_PIXELS and x.shape[1] > 1
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return _GroupNormNHWC.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def _dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """(x * keep, 1 / (1 - p')): inverted dropout with the scaling left to the caller (the U-Net folds it into the
+    next conv's weight). An element is zeroed with probability p'.
+
+    On CPU the mask comes from 15-bit uniform integers, four per 64-bit draw of the generator (``random_`` on
+    int64 gives 63 random bits), a third of the cost of ``torch.rand_like``; p' is then p rounded to a multiple
+    of 2^-15 (0.1 -> 3277 / 32768 = 0.1000061), and the scale uses p', so the expectation stays exact. Elsewhere,
+    under ``torch.compile`` (dynamo does not trace ``random_``), or for p below 2^-16 or above 1 - 2^-16: uniform
+    floats >= p, p' = p.
+    """
+    thr = round(p * 32768)
+    if x.device.type == "cpu" and 0 < thr < 32768 and x.dim() == 4 and not torch.compiler.is_compiling() and (
+            x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].bitwise_and_(0x7FFF)
+        keep = bits >= thr
+        b, c, h, w = x.shape
+        keep = keep.view(x.shape) if x.is_contiguous() else keep.view(b, h, w, c).permute(0, 3, 1, 2)
+        return x * keep, 1.0 / (1.0 - thr / 32768)
+    return x * (torch.rand_like(x) >= p), 1.0 / (1.0 - p)
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout (see :func:`_dropout_mask`)."""
+    if not training or p == 0.0:
+        return x
+    y, scale = _dropout_mask(x, p)
+    return y * scale
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, c_in)
+        self.norm1 = GroupNorm(GROUPS, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2 = nn.GroupNorm(GROUPS, c_out)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.norm2 = GroupNorm(GROUPS, c_out)
+        self.dropout = float(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, emb_out: torch.Tensor | None = None) -> torch.Tensor:
+        """``emb`` (B, emb_dim) the time (+ class) embedding; ``emb_out`` (B, c_out), if given, is ``self.emb(emb)``
+        already computed (the UNet projects the embedding for all its blocks in one matmul)."""
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return h + self.skip(x)
+        h += (self.emb(emb) if emb_out is None else emb_out)[:, :, None, None]  # in place: conv saves no output
+        a = F.silu(self.norm2(h))
+        if self.training and self.dropout > 0.0:  # conv2(scale * a * keep) = conv with weight scale * w of a * keep
+            a, scale = _dropout_mask(a, self.dropout)
+            h = F.conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
+        else:
+            h = self.conv2(a)
+        return h.add_(self.skip(x))
+
+
+class _Attention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) v for (B, heads, N, d) q, k, v with batched matmuls, keeping the N x N probabilities
+    for the backward (for short sequences, where ATen's flash kernel on CPU costs more than the matmuls).
+
+    Backward: dv = P^T do, dS = P * (do v^T - rowsum(do * o)), dq = dS k / sqrt(d), dk = dS^T q / sqrt(d).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        b, heads, n, d = q.shape
+        scale = 1.0 / math.sqrt(d)
+        q, k, v = (t.reshape(b * heads, n, d) for t in (q, k, v))
+        p = torch.baddbmm(q.new_empty(b * heads, n, n), q, k.transpose(1, 2), beta=0.0, alpha=scale)
+        torch.softmax(p, -1, out=p)
+        o = torch.bmm(p, v)
+        ctx.save_for_backward(q, k, v, p, o)
+        return o.view(b, heads, n, d)
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, p, o = ctx.saved_tensors
+        b, heads, n, d = g.shape
+        scale = 1.0 / math.sqrt(d)
+        g = g.reshape(b * heads, n, d)
+        dv = torch.bmm(p.transpose(1, 2), g)
+        ds = torch.bmm(g, v.transpose(1, 2)).sub_(torch.linalg.vecdot(g, o).unsqueeze(-1)).mul_(p)
+        dq = torch.bmm(ds, k).mul_(scale)
+        dk = torch.bmm(ds.transpose(1, 2), q).mul_(scale)
+        return dq.view(b, heads, n, d), dk.view(b, heads, n, d), dv.view(b, heads, n, d)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions, residual, pre-GroupNorm.
 
-    Heads of dimension ``head_dim`` (channels // head_dim heads, at least one): on CPU, few wide heads with
-    contiguous (B, heads, HW, dim) tensors take the fused attention kernel and are several times faster than
-    many narrow ones.
+    Heads of dimension ``head_dim`` (channels // head_dim heads, at least one): on CPU, few wide heads are several
+    times faster than many narrow ones. ``F.scaled_dot_product_attention`` (flash kernel), except on CPU over at
+    most ``BMM_ATTENTION_MAX_TOKENS`` positions: :class:`_Attention`.
     """
 
     def __init__(self, channels: int, head_dim: int = 32) -> None:
@@ -73,17 +232,21 @@ class SelfAttention(nn.Module):
         while channels % heads:
             heads -= 1
         self.heads = heads
-        self.norm = nn.GroupNorm(GROUPS, channels)
+        self.norm = GroupNorm(GROUPS, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = self.norm(x).reshape(b, c, h * w).transpose(1, 2)  # (b, hw, c)
-        qkv = self.qkv(tokens).reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (b, heads, hw, c/heads)
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)  # (b, hw, c); a view when channels_last
+        # (b, heads, hw, c/heads) views; their gradients stack straight into the (b, hw, 3c) layout of the linear
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(tokens).view(b, h * w, 3, self.heads, c // self.heads).unbind(2))
+        if x.device.type == "cpu" and h * w <= BMM_ATTENTION_MAX_TOKENS:
+            out = _Attention.apply(q, k, v)  # (b, heads, hw, c/heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
-        return x + out.transpose(1, 2).reshape(b, c, h, w)
+        return x + out.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last layout
 
 
 class UNet(nn.Module):
@@ -114,6 +277,8 @@ class UNet(nn.Module):
         super().__init__()
         if width % GROUPS:
             raise ValueError(f"width = {width}: must be a multiple of {GROUPS} (GroupNorm with {GROUPS} groups)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout = {dropout}: must lie in [0, 1)")
         if len(attention) != len(channel_mults):
             raise ValueError(f"attention = {list(attention)}: need one flag per level ({len(channel_mults)})")
         size = image_size
@@ -155,10 +320,12 @@ class UNet(nn.Module):
                     self.up.append(SelfAttention(c))
             if level > 0:
                 self.up.append(_Upsample(c))
-        self.out_norm = nn.GroupNorm(GROUPS, c)
+        self.out_norm = GroupNorm(GROUPS, c)
         self.out = nn.Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self._blocks = [m for m in self.modules() if isinstance(m, ResidualBlock)]  # order of the fused projection
+        self.to(memory_format=torch.channels_last)  # conv weights; .to(device) keeps the layout
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(k, self.width))
@@ -166,11 +333,16 @@ class UNet(nn.Module):
             if y is None:
                 raise ValueError("y: class labels are required by a class-conditional UNet (num_classes > 0)")
             emb = emb + self.class_emb(y)
-        h = self.inp(x)
+        # all residual blocks' projections of the embedding in one matmul
+        weight = torch.cat([m.emb.weight for m in self._blocks])
+        bias = torch.cat([m.emb.bias for m in self._blocks])
+        proj = dict(zip(self._blocks, F.linear(emb, weight, bias).split([m.emb.out_features for m in self._blocks], 1),
+                        strict=True))
+        h = self.inp(x.contiguous(memory_format=torch.channels_last))
         hs = [h]
         for m in self.down:
             if isinstance(m, ResidualBlock):
-                h = m(h, emb)
+                h = m(h, emb, proj[m])
             elif isinstance(m, SelfAttention):
                 h = m(h)
                 hs[-1] = h
@@ -179,19 +351,67 @@ class UNet(nn.Module):
                 h = m(h)
             hs.append(h)
         for m in self.mid:
-            h = m(h, emb) if isinstance(m, ResidualBlock) else m(h)
+            h = m(h, emb, proj[m]) if isinstance(m, ResidualBlock) else m(h)
         for m in self.up:
             if isinstance(m, ResidualBlock):
-                h = m(torch.cat([h, hs.pop()], dim=1), emb)
+                h = m(torch.cat([h, hs.pop()], dim=1), emb, proj[m])
             else:
                 h = m(h)
         return self.out(F.silu(self.out_norm(h)))
 
 
+def _subpixel_weight(w: torch.Tensor) -> torch.Tensor:
+    """(O, I, 3, 3) -> (4 O, I, 2, 2): the 3x3 conv of a nearest-upsampled (2x) image as 2x2 convs of the original.
+
+    Output row 2i (parity 0) sees upsampled rows 2i-1, 2i, 2i+1 = original rows i-1, i, i: taps (w0, w1 + w2) on
+    rows (i-1, i); row 2i+1 (parity 1) sees original rows i, i, i+1: taps (w0 + w1, w2) on rows (i, i+1). Same for
+    columns. Blocks ordered by (row parity, column parity).
+    """
+    rows = (torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2), torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2))
+    return torch.cat([torch.stack(c, -1) for r in rows
+                      for c in ((r[..., 0], r[..., 1] + r[..., 2]), (r[..., 0] + r[..., 1], r[..., 2]))])
+
+
+class _Interleave(torch.autograd.Function):
+    """(B, 4 O, H + 1, W + 1) sub-pixel conv output -> (B, O, 2H, 2W), both channels_last.
+
+    out[:, o, 2i + py, 2j + px] = y[:, (py, px, o), i + py, j + px]. Written as one autograd node so that the
+    backward is one strided copy per parity block instead of four zero-filled full-size slice gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, y):
+        b, c4, h1, w1 = y.shape
+        o, h, w = c4 // 4, h1 - 1, w1 - 1
+        yv = y.permute(0, 2, 3, 1).reshape(b, h1, w1, 2, 2, o)
+        out = y.new_empty(b, h, 2, w, 2, o)
+        for py in (0, 1):
+            for px in (0, 1):
+                out[:, :, py, :, px] = yv[:, py:py + h, px:px + w, py, px]
+        return out.view(b, 2 * h, 2 * w, o).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        b, o, h2, w2 = g.shape
+        h, w = h2 // 2, w2 // 2
+        gv = g.permute(0, 2, 3, 1).reshape(b, h, 2, w, 2, o)
+        gy = g.new_empty(b, h + 1, w + 1, 2, 2, o)
+        for py in (0, 1):
+            for px in (0, 1):
+                gy[:, py:py + h, px:px + w, py, px] = gv[:, :, py, :, px]
+                gy[:, h if py == 0 else 0, :, py, px] = 0.0  # the row and column this block does not use
+                gy[:, :, w if px == 0 else 0, py, px] = 0.0
+        return gy.view(b, h + 1, w + 1, 4 * o).permute(0, 3, 1, 2)
+
+
 class _Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling then a 3x3 conv, computed in the sub-pixel form (see the module docstring)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        # y[:, (py, px, o), i', j'] sees original rows (i'-1, i') and columns (j'-1, j')
+        y = F.conv2d(x, _subpixel_weight(self.conv.weight), self.conv.bias.repeat(4), padding=1)
+        return _Interleave.apply(y)

@@ -11,15 +11,7 @@ import scipy.linalg
 from classdiff.images.memorization import bootstrap_interval, memorization_by_class, nearest_two
 from classdiff.images.quality import class_histogram, frechet_by_class, frechet_distance
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _training_set(rng, n_per=(30, 10), d=784):

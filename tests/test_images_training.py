@@ -24,13 +24,7 @@ from classdiff.images.sampling import ddim_sample, ddim_steps, fixed_noise
 from classdiff.images.unet import UNet
 from classdiff.process import ddpm_alpha_bar, ddpm_time
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from torch import nn
 from classdiff.images import unet as U
 from classdiff.images.unet import UNet, timestep_embedding
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ------------------------------------------------------------------------------------- plain reference

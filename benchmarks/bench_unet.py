@@ -9,7 +9,7 @@ without it the reference rows are skipped.
 Both models: 28x28x1, channels W x (1, 2, 4), 2 residual blocks per level, attention at the two coarser
 levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time embedding;
 the parameter counts are printed and must agree. The variants are timed alternately (one round of every variant,
-then the next round). Two ratios are printed: best round of each model against best round of the other, and the
+then the next round, in reversed order every other round). Two ratios are printed: best round of each model against best round of the other, and the
 median (with quartiles) of the per-round ratios, each round timing the two models back to back, which is the one
 less sensitive to a lucky round on this shared machine; the load average before and after is printed.
 
@@ -113,8 +113,11 @@ def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, 
         warmup[name] = time.perf_counter() - t0
     rounds: dict[str, list[float]] = {name: [] for name in fns}
     rounds_cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():  # alternate so that load changes hit every variant
+    for r in range(repeats):
+        # alternate so that load changes hit every variant, in reversed order every other round (each variant
+        # follows the other as often: the allocator's and the caches' state after a step depends on the model)
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            fn = fns[name]
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 fn()

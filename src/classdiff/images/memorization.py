@@ -30,17 +30,29 @@ __all__ = ["bootstrap_interval", "memorization_by_class", "nearest_two"]
 
 def _candidates_torch(q: NDArray[np.float32], r: NDArray[np.float32], k: int, chunk: int, device: str
                       ) -> NDArray[np.int64]:
+    """Indices (m, k) of the k smallest float32 distances of each query (rows of ``q``) to the rows of ``r``.
+
+    Per chunk of queries, one ``addmm`` gives ||r||^2 - 2 q.r (the ranking of ||q - r||^2 without the per-row
+    constant ||q||^2) into a (chunk, n) buffer allocated once, then ``topk`` writes straight into the result:
+    no chunk-sized temporaries (on CPU, fresh allocations of this size are page-faulted in on every chunk).
+    """
     import torch
 
     rt = torch.from_numpy(r).to(device)
     r2 = (rt * rt).sum(1)
-    out = []
+    qt_all = torch.from_numpy(q)
+    chunk = max(1, min(chunk, q.shape[0]))
+    scores = torch.empty(chunk, rt.shape[0], device=device)
+    values = torch.empty(chunk, k, device=device)
+    indices = torch.empty(chunk, k, dtype=torch.int64, device=device)
+    out = np.empty((q.shape[0], k), dtype=np.int64)
     for i in range(0, q.shape[0], chunk):
-        qt = torch.from_numpy(q[i:i + chunk]).to(device)
-        # ||q - r||^2 up to the per-row constant ||q||^2, which does not change the ranking
-        d = r2[None, :] - 2.0 * (qt @ rt.T)
-        out.append(torch.topk(d, k, dim=1, largest=False).indices.cpu().numpy())
-    return np.concatenate(out).astype(np.int64)
+        qt = qt_all[i:i + chunk].to(device)
+        m = qt.shape[0]
+        d = torch.addmm(r2, qt, rt.T, beta=1.0, alpha=-2.0, out=scores[:m])
+        torch.topk(d, k, dim=1, largest=False, out=(values[:m], indices[:m]))
+        out[i:i + m] = indices[:m].cpu().numpy()
+    return out
 
 
 def _candidates_faiss(q: NDArray[np.float32], r: NDArray[np.float32], k: int) -> NDArray[np.int64]:
@@ -57,7 +69,7 @@ def nearest_two(
     references: ArrayLike,
     *,
     backend: str = "torch",
-    chunk: int = 2048,
+    chunk: int = 1024,
     device: str = "cpu",
     candidates: int = 8,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:

@@ -276,7 +276,7 @@ def _figures(run: Path, classes, steps, mem_records, ltr, lte, t_used, measured,
     save_figure(fig, fig_dir / "fmem_vs_step")
 
     n_t = len(t_used)
-    fig, axes = plt.subplots(1, n_t, figsize=(4.2 * n_t, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n_t, figsize=(4.2 * n_t, 3.6), squeeze=False, layout="constrained")
     for j, t in enumerate(t_used):
         ax = axes[0, j]
         for i in range(len(classes)):
@@ -289,33 +289,42 @@ def _figures(run: Path, classes, steps, mem_records, ltr, lte, t_used, measured,
     axes[0, 0].legend(fontsize=8)
     save_figure(fig, fig_dir / "loss_gap_vs_step")
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     x = np.arange(len(classes))
-    for off, key, lab in ((-0.2, "tau_gen", r"$\tau_{gen}$"), (0.2, "tau_mem", r"$\tau_{mem}$")):
-        vals = [np.nan if r.get(key) is None else r[key] for r in measured]
-        axes[1].bar(x + off, vals, width=0.4, label=lab)
-        for xi, v in zip(x, vals):
-            if not np.isfinite(v):  # the event did not happen within the run: say so instead of an empty slot
-                axes[1].text(xi + off, 0.02, "not reached", rotation=90, ha="center", va="bottom", fontsize=7,
-                             transform=axes[1].get_xaxis_transform())
-    axes[1].set_xticks(x, name, fontsize=8)
-    axes[1].set_yscale("log")
+    _times_panel(axes[1], x, measured, name)
     axes[1].set_title("measured (U-Net, optimizer steps)", fontsize=9)
-    axes[1].legend(fontsize=8)
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     if theory.get("available"):
-        for off, key, lab in ((-0.2, "tau_gen", r"$\tau_{gen}$"), (0.2, "tau_mem", r"$\tau_{mem}$")):
-            vals = [np.nan if r.get(key) is None else r[key] for r in theory["classes"]]
-            axes[0].bar(x + off, vals, width=0.4, label=lab)
-        axes[0].set_yscale("log")
-        axes[0].legend(fontsize=8)
+        _times_panel(axes[0], x, theory["classes"], name)
     else:
         import textwrap
 
         axes[0].text(0.5, 0.5, "theory not available:\n" + textwrap.fill(theory.get("reason", ""), 45),
                      ha="center", va="center", fontsize=8, transform=axes[0].transAxes)
-    axes[0].set_xticks(x, name, fontsize=8)
+        axes[0].set_xticks(x, name, fontsize=8)
     axes[0].set_title("predicted (random-features theory, tau units)", fontsize=9)
     save_figure(fig, fig_dir / "theory_vs_measured")
+
+
+def _times_panel(ax, x: np.ndarray, records: list[dict[str, Any]], names: list[str]) -> None:
+    """tau_gen (circles) and tau_mem (squares) per class on a log axis, each value written beside its marker; a time
+    the run did not reach is written as "not reached" at its slot (markers, not bars: a bar's length on a log axis
+    depends on where the axis happens to start)."""
+    for off, key, lab, marker in ((-0.12, "tau_gen", r"$\tau_{gen}$", "o"), (0.12, "tau_mem", r"$\tau_{mem}$", "s")):
+        vals = np.array([np.nan if r.get(key) is None else float(r[key]) for r in records])
+        ax.plot(x + off, vals, marker, ms=7, ls="none", label=lab)
+        for xi, v in zip(x, vals, strict=True):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.3g}", (xi + off, v), textcoords="offset points", xytext=(0, 7), ha="center",
+                            fontsize=7)
+            else:  # the event did not happen within the run: say so instead of an empty slot
+                ax.text(xi + off, 0.04, "not reached", rotation=90, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
+    ax.set_xlim(-0.6, len(x) - 0.4)
+    if np.isfinite([float(r[k]) for r in records for k in ("tau_gen", "tau_mem") if r.get(k) is not None]).any():
+        ax.set_yscale("log")
+        ax.margins(y=0.2)
+    ax.set_xticks(x, names, fontsize=8)
 
 
 def format_comparison(result: dict[str, Any]) -> str:

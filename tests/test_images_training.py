@@ -18,7 +18,14 @@ import pytest
 import torch
 
 from classdiff.config import Config, ImagesConfig, save_config
-from classdiff.images.ddpm import DDPMSchedule, batch_indices, checkpoint_steps, list_checkpoints, train_unet
+from classdiff.images.ddpm import (
+    DDPMSchedule,
+    batch_indices,
+    checkpoint_steps,
+    list_checkpoints,
+    make_optimizer,
+    train_unet,
+)
 from classdiff.images.fashion_mnist import write_synthetic_fashion_mnist
 from classdiff.images.sampling import ddim_sample, ddim_steps, fixed_noise
 from classdiff.images.unet import UNet
@@ -64,6 +71,28 @@ def test_unet_rejects_bad_geometry():
 
 
 # ------------------------------------------------------------------------------------------------ schedule
+
+
+def test_make_optimizer_matches_the_plain_update_and_rejects_unknown_names():
+    """The fused optimizers take the same step as torch's default per-tensor implementation (to float rounding)."""
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 3), torch.randn(5)]
+    for name, plain in (("adam", lambda p: torch.optim.Adam(p, lr=1e-2)),
+                        ("sgd", lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.95))):
+        params = [torch.nn.Parameter(torch.ones_like(g)) for g in grads]
+        params_ref = [torch.nn.Parameter(torch.ones_like(g)) for g in grads]
+        opt, ref = make_optimizer(params, name, 1e-2), plain(params_ref)
+        assert opt.param_groups[0]["fused"]
+        for _ in range(3):
+            for p, q, g in zip(params, params_ref, grads, strict=True):
+                p.grad, q.grad = g.clone(), g.clone()
+            opt.step()
+            ref.step()
+        for p, q in zip(params, params_ref, strict=True):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+            assert not torch.equal(p.detach(), torch.ones_like(p))
+    with pytest.raises(ValueError, match="optimizer = 'rmsprop'"):
+        make_optimizer([torch.nn.Parameter(torch.ones(2))], "rmsprop", 1e-3)
 
 
 def test_schedule_uses_the_package_conventions():

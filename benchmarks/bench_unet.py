@@ -3,15 +3,16 @@
 Run: .venv/bin/python benchmarks/bench_unet.py [--width 32] [--batch 64] [--threads 2] [--compile]
 Target (issue 6): images/s of one training step (forward, epsilon-MSE, backward, Adam) >= 1.2x diffusers',
 both in float32 eager mode (no autocast), both with the optimizer of classdiff's trainer
-(``classdiff.images.ddpm.make_optimizer``: torch's fused Adam). diffusers is optional (``pip install diffusers``, the ``bench`` extra);
-without it the reference rows are skipped.
+(``classdiff.images.ddpm.make_optimizer``: torch's fused Adam). diffusers is optional (``pip install diffusers``,
+the ``bench`` extra); without it the reference rows are skipped.
 
 Both models: 28x28x1, channels W x (1, 2, 4), 2 residual blocks per level, attention at the two coarser
 levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time embedding;
 the parameter counts are printed and must agree. The variants are timed alternately (one round of every variant,
-then the next round, in reversed order every other round). Two ratios are printed: best round of each model against best round of the other, and the
-median (with quartiles) of the per-round ratios, each round timing the two models back to back, which is the one
-less sensitive to a lucky round on this shared machine; the load average before and after is printed.
+then the next round, in reversed order every other round). Two ratios are printed: the best round of each model
+against the best round of the other, and the median (with quartiles) of the per-round ratios, each round timing
+the two models back to back, the one less sensitive to a lucky round on this shared machine. The load average
+before and after is printed.
 
 ``--compile`` adds both models wrapped in ``torch.compile`` (inductor, needs a C++ compiler), with the compile time
 (the first steps) reported apart from the step time, and three ratios: both eager (the target), both compiled,

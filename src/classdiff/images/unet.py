@@ -193,7 +193,8 @@ def _dropout_mask(x: torch.Tensor, p: float, inplace: bool = False) -> tuple[tor
             x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].bitwise_and_(0x7FFF)
-        keep = bits >= thr
+        # a 0/1 uint8 mask: float times uint8 is several times faster than float times bool (forward and backward)
+        keep = torch.ge(bits, thr, out=torch.empty(n, dtype=torch.uint8))
         b, c, h, w = x.shape
         keep = keep.view(x.shape) if x.is_contiguous() else keep.view(b, h, w, c).permute(0, 3, 1, 2)
         return (x.mul_(keep) if inplace else x * keep), 1.0 / (1.0 - thr / 32768)

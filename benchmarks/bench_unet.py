@@ -1,14 +1,17 @@
 """U-Net training throughput on CPU: classdiff's UNet vs diffusers' UNet2DModel with equal widths, blocks, batch.
 
 Run: .venv/bin/python benchmarks/bench_unet.py [--width 32] [--batch 64] [--threads 2] [--compile]
+     [--config experiments/fashion_cpu.toml]
 Target (issue 6): images/s of one training step (forward, epsilon-MSE, backward, Adam) >= 1.2x diffusers',
 both in float32 eager mode (no autocast), both with the optimizer of classdiff's trainer
 (``classdiff.images.ddpm.make_optimizer``: torch's fused Adam). diffusers is optional (``pip install diffusers``,
 the ``bench`` extra); without it the reference rows are skipped.
 
-Both models: 28x28x1, channels W x (1, 2, 4), 2 residual blocks per level, attention at the two coarser
-levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time embedding;
-the parameter counts are printed and must agree. The variants are timed alternately (one round of every variant,
+Both models (the paper layout): 28x28x1, channels W x (1, 2, 4), 2 residual blocks per level, attention at the
+two coarser levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time
+embedding; the parameter counts are printed and must agree. ``--config`` times instead the layout, width and batch
+that an experiment config trains (the shipped CPU config: W = 16, channels x (1, 2, 2), one block per level,
+attention at 7x7 only, no dropout, batch 32), where the fixed per-step cost weighs more. The variants are timed alternately (one round of every variant,
 then the next round, in reversed order every other round). Two ratios are printed: the best round of each model
 against the best round of the other, and the median (with quartiles) of the per-round ratios, each round timing
 the two models back to back, the one less sensitive to a lucky round on this shared machine. The load average
@@ -37,19 +40,38 @@ from _table import print_table
 OURS, REF = "classdiff UNet", "diffusers UNet2DModel"
 
 
-def _models(width: int):
+PAPER_LAYOUT = {"channel_mults": (1, 2, 4), "attention": (False, True, True), "num_res_blocks": 2, "dropout": 0.1}
+
+
+def layout_from_config(path: str) -> tuple[int, int, dict]:
+    """(width, batch, layout) of the ``[images]`` section of an experiment config (e.g. experiments/fashion_cpu.toml),
+    for timing the network a config trains; ``layout`` has the keys of ``PAPER_LAYOUT``."""
+    from classdiff.config import load_config
+
+    im = load_config(path).images
+    layout = {"channel_mults": tuple(im.channel_mults), "attention": tuple(im.attention),
+              "num_res_blocks": im.num_res_blocks, "dropout": im.dropout}
+    return im.width, im.batch_size, layout
+
+
+def _models(width: int, layout: dict | None = None):
+    """classdiff's UNet and, when diffusers is installed, the ``UNet2DModel`` of the same layout (same blocks, widths,
+    attention placement with head dimension 32, GroupNorm(8), dropout)."""
     from classdiff.images.unet import UNet
 
-    ours = UNet(width, (1, 2, 4), (False, True, True), dropout=0.1)
+    lay = PAPER_LAYOUT if layout is None else layout
+    mults, att = lay["channel_mults"], lay["attention"]
+    ours = UNet(width, mults, att, dropout=lay["dropout"], num_res_blocks=lay["num_res_blocks"])
     ref = None
     if importlib.util.find_spec("diffusers") is not None:
         from diffusers import UNet2DModel
 
         ref = UNet2DModel(
-            sample_size=28, in_channels=1, out_channels=1, block_out_channels=(width, 2 * width, 4 * width),
-            layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-            attention_head_dim=32, dropout=0.1,
+            sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(width * m for m in mults),
+            layers_per_block=lay["num_res_blocks"],
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in att),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(att)), norm_num_groups=8,
+            attention_head_dim=32, dropout=lay["dropout"],
         )
     return ours, ref
 
@@ -86,14 +108,15 @@ def load_average() -> str:
 
 
 def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, repeats: int = 3,
-            compile: bool = False) -> dict:
+            compile: bool = False, layout: dict | None = None) -> dict:
     """Per variant: ``s_per_step``, ``images_per_s``, ``cpu_s_per_step`` (best of ``repeats`` rounds of ``steps``),
-    ``params``, ``warmup_s`` (the first two steps: the compile time for compiled variants) and ``compiled``."""
+    ``params``, ``warmup_s`` (the first two steps: the compile time for compiled variants) and ``compiled``;
+    ``layout``: see :func:`_models` (default ``PAPER_LAYOUT``)."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    ours, ref = _models(width)
+    ours, ref = _models(width, layout)
     variants = {OURS: (ours, False, False)}
     if ref is not None:
         variants[REF] = (ref, True, False)
@@ -161,14 +184,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    parser.add_argument("--config", help="time the layout, width and batch of this experiment config's [images] "
+                        "section instead (e.g. experiments/fashion_cpu.toml); --width and --batch are then ignored")
     a = parser.parse_args()
+    layout, what = None, "paper layout"
+    if a.config:
+        a.width, a.batch, layout = layout_from_config(a.config)
+        what = f"layout of {a.config}"
     versions = f"torch {torch.__version__}"
     if importlib.util.find_spec("diffusers") is not None:
         import diffusers
 
         versions += f", diffusers {diffusers.__version__}"
     print(f"{versions}; load average before: {load_average()}")
-    res = measure(a.width, a.batch, a.threads, a.steps, a.repeats, a.compile)
+    res = measure(a.width, a.batch, a.threads, a.steps, a.repeats, a.compile, layout)
     print(f"load average after: {load_average()}")
     if REF not in res:
         print("diffusers not installed: reference rows skipped", file=sys.stderr)
@@ -182,7 +211,7 @@ def main() -> None:
     rows = [[name, "compiled" if r["compiled"] else "eager", r["params"], r["warmup_s"], r["s_per_step"],
              r["images_per_s"], vs(name, REF, "images_per_s"), r["cpu_s_per_step"], vs(name, REF, "cpu_s_per_step")]
             for name, r in res.items()]
-    print_table(f"U-Net training step on CPU, fp32, W = {a.width}, batch {a.batch}, {a.threads} threads, "
+    print_table(f"U-Net training step on CPU, fp32, {what}, W = {a.width}, batch {a.batch}, {a.threads} threads, "
                 f"best of {a.repeats} x {a.steps} steps", ["model", "mode", "params", "first 2 steps s (compile)",
                 "wall s/step", "img/s", "vs diffusers eager (wall)", "CPU s/step", "vs diffusers eager (CPU)"], rows)
     if REF in res:

@@ -11,11 +11,13 @@ Both models (the paper layout): 28x28x1, channels W x (1, 2, 4), 2 residual bloc
 two coarser levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time
 embedding; the parameter counts are printed and must agree. ``--config`` times instead the layout, width and batch
 that an experiment config trains (the shipped CPU config: W = 16, channels x (1, 2, 2), one block per level,
-attention at 7x7 only, no dropout, batch 32), where the fixed per-step cost weighs more. The variants are timed alternately (one round of every variant,
-then the next round, in reversed order every other round). Two ratios are printed: the best round of each model
-against the best round of the other, and the median (with quartiles) of the per-round ratios, each round timing
-the two models back to back, the one less sensitive to a lucky round on this shared machine. The load average
-before and after is printed.
+attention at 7x7 only, no dropout, batch 32).
+
+The variants are timed alternately (one round of every variant, then the next round, in reversed order every
+other round). Two ratios are printed: the best round of each model against the best round of the other, and the
+median (with quartiles and a bootstrap 95% confidence interval) of the per-round ratios, each round timing the two
+models back to back, the one less sensitive to a lucky round on this shared machine. The load average before and
+after is printed.
 
 ``--compile`` adds both models wrapped in ``torch.compile`` (inductor, needs a C++ compiler), with the compile time
 (the first steps) reported apart from the step time, and three ratios: both eager (the target), both compiled,
@@ -156,8 +158,18 @@ def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, 
         if REF in fns and name != REF:  # per-round speed ratios, each round's variants timed back to back
             paired = sorted(r / o for r, o in zip(rounds[REF], rounds[name], strict=True))
             entry["paired_ratio_quartiles"] = tuple(float(v) for v in np.quantile(paired, [0.25, 0.5, 0.75]))
+            entry["paired_median_ci95"] = median_ci(paired)
         out[name] = entry
     return out
+
+
+def median_ci(values: list[float], level: float = 0.95, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median of ``values`` (the rounds resampled with replacement;
+    fixed seed). It measures how well the rounds of one run pin the median, not run-to-run drift of the machine."""
+    v = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(draws, v.size))
+    meds = np.median(v[idx], axis=1)
+    return float(np.quantile(meds, (1 - level) / 2)), float(np.quantile(meds, (1 + level) / 2))
 
 
 def ratios() -> list[dict]:
@@ -216,9 +228,11 @@ def main() -> None:
                 "wall s/step", "img/s", "vs diffusers eager (wall)", "CPU s/step", "vs diffusers eager (CPU)"], rows)
     if REF in res:
         q1, med, q3 = res[OURS]["paired_ratio_quartiles"]
+        lo, hi = res[OURS]["paired_median_ci95"]
         summary = [["both eager, best round of each (the target: >= 1.2)",
                     res[OURS]["images_per_s"] / res[REF]["images_per_s"]],
-                   [f"both eager, median of the {a.repeats} paired rounds (quartiles {q1:.3f}-{q3:.3f})", med]]
+                   [f"both eager, median of the {a.repeats} paired rounds (quartiles {q1:.3f}-{q3:.3f}, "
+                    f"bootstrap 95% CI of the median {lo:.3f}-{hi:.3f})", med]]
         if a.compile:
             summary += [["both compiled", res[OURS + " (compiled)"]["images_per_s"]
                          / res[REF + " (compiled)"]["images_per_s"]],

@@ -1,5 +1,3 @@
-import sys
+from classdiff.cli import entry
 
-from classdiff.cli import main
-
-sys.exit(main())
+entry()

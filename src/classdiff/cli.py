@@ -77,6 +77,14 @@ def default_out(command: str) -> Path:
     return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def entry() -> None:
+    """The ``classdiff`` console script: tune this process's allocator (:mod:`classdiff.allocator`), run, exit."""
+    from classdiff.allocator import tune_allocator
+
+    tune_allocator()
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

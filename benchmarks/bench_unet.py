@@ -1,7 +1,7 @@
 """U-Net training throughput on CPU: classdiff's UNet vs diffusers' UNet2DModel with equal widths, blocks, batch.
 
 Run: .venv/bin/python benchmarks/bench_unet.py [--width 32] [--batch 64] [--threads 2] [--compile]
-     [--config experiments/fashion_cpu.toml]
+     [--config experiments/fashion_cpu.toml] [--ref-channels-last]
 Target (issue 6): images/s of one training step (forward, epsilon-MSE, backward, Adam) >= 1.2x diffusers',
 both in float32 eager mode (no autocast), both with the optimizer of classdiff's trainer
 (``classdiff.images.ddpm.make_optimizer``: torch's fused Adam). diffusers is optional (``pip install diffusers``,
@@ -11,7 +11,8 @@ Both models (the paper layout): 28x28x1, channels W x (1, 2, 4), 2 residual bloc
 two coarser levels and in the middle (head dimension 32), GroupNorm with 8 groups, dropout 0.1, sinusoidal time
 embedding; the parameter counts are printed and must agree. ``--config`` times instead the layout, width and batch
 that an experiment config trains (the shipped CPU config: W = 16, channels x (1, 2, 2), one block per level,
-attention at 7x7 only, no dropout, batch 32).
+attention at 7x7 only, no dropout, batch 32). ``--ref-channels-last`` adds the diffusers model converted to
+channels_last (weights and input), to check that the lead does not come from the memory layout alone.
 
 The variants are timed alternately (one round of every variant, then the next round, in reversed order every
 other round). Two ratios are printed: the best round of each model against the best round of the other, and the
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _table import print_table
 
 OURS, REF = "classdiff UNet", "diffusers UNet2DModel"
+REF_CL = REF + " (channels_last)"
 
 
 PAPER_LAYOUT = {"channel_mults": (1, 2, 4), "attention": (False, True, True), "num_res_blocks": 2, "dropout": 0.1}
@@ -78,7 +80,7 @@ def _models(width: int, layout: dict | None = None):
     return ours, ref
 
 
-def _step_fn(model, batch: int, diffusers_api: bool, compiled: bool = False):
+def _step_fn(model, batch: int, diffusers_api: bool, compiled: bool = False, channels_last: bool = False):
     import torch
     import torch.nn.functional as F
 
@@ -89,6 +91,8 @@ def _step_fn(model, batch: int, diffusers_api: bool, compiled: bool = False):
     x = torch.randn(batch, 1, 28, 28, generator=g)
     eps = torch.randn(batch, 1, 28, 28, generator=g)
     k = torch.randint(0, 1000, (batch,), generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     model.train()
     net = torch.compile(model) if compiled else model
 
@@ -110,29 +114,34 @@ def load_average() -> str:
 
 
 def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, repeats: int = 3,
-            compile: bool = False, layout: dict | None = None) -> dict:
+            compile: bool = False, layout: dict | None = None, ref_channels_last: bool = False) -> dict:
     """Per variant: ``s_per_step``, ``images_per_s``, ``cpu_s_per_step`` (best of ``repeats`` rounds of ``steps``),
     ``params``, ``warmup_s`` (the first two steps: the compile time for compiled variants) and ``compiled``;
-    ``layout``: see :func:`_models` (default ``PAPER_LAYOUT``)."""
+    ``layout``: see :func:`_models` (default ``PAPER_LAYOUT``); ``ref_channels_last`` adds a copy of the diffusers
+    model with channels_last weights and input (``REF_CL``)."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     ours, ref = _models(width, layout)
-    variants = {OURS: (ours, False, False)}
+    variants = {OURS: (ours, False, False, False)}
     if ref is not None:
-        variants[REF] = (ref, True, False)
+        variants[REF] = (ref, True, False, False)
+        if ref_channels_last:
+            variants[REF_CL] = (ref, True, False, True)
     if compile:
-        variants[OURS + " (compiled)"] = (ours, False, True)
+        variants[OURS + " (compiled)"] = (ours, False, True, False)
         if ref is not None:
-            variants[REF + " (compiled)"] = (ref, True, True)
+            variants[REF + " (compiled)"] = (ref, True, True, False)
     fns, warmup = {}, {}
-    for name, (model, diffusers_api, compiled) in variants.items():
-        if compiled:  # a separate copy: the eager variant keeps its own weights and optimizer
+    for name, (model, diffusers_api, compiled, channels_last) in variants.items():
+        if compiled or channels_last:  # a separate copy: the eager variant keeps its own weights and optimizer
             import copy
 
             model = copy.deepcopy(model)
-        fns[name] = _step_fn(model, batch, diffusers_api, compiled)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        fns[name] = _step_fn(model, batch, diffusers_api, compiled, channels_last)
         t0 = time.perf_counter()
         fns[name]()
         fns[name]()
@@ -159,6 +168,9 @@ def measure(width: int = 32, batch: int = 64, threads: int = 2, steps: int = 3, 
             paired = sorted(r / o for r, o in zip(rounds[REF], rounds[name], strict=True))
             entry["paired_ratio_quartiles"] = tuple(float(v) for v in np.quantile(paired, [0.25, 0.5, 0.75]))
             entry["paired_median_ci95"] = median_ci(paired)
+        if REF_CL in fns and name == OURS:  # classdiff against the channels_last copy of diffusers, paired
+            paired_cl = sorted(r / o for r, o in zip(rounds[REF_CL], rounds[name], strict=True))
+            entry["paired_ratio_vs_ref_cl"] = float(np.median(paired_cl))
         out[name] = entry
     return out
 
@@ -196,6 +208,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    parser.add_argument("--ref-channels-last", action="store_true",
+                        help="also time the diffusers model with channels_last weights and input")
     parser.add_argument("--config", help="time the layout, width and batch of this experiment config's [images] "
                         "section instead (e.g. experiments/fashion_cpu.toml); --width and --batch are then ignored")
     a = parser.parse_args()
@@ -209,7 +223,7 @@ def main() -> None:
 
         versions += f", diffusers {diffusers.__version__}"
     print(f"{versions}; load average before: {load_average()}")
-    res = measure(a.width, a.batch, a.threads, a.steps, a.repeats, a.compile, layout)
+    res = measure(a.width, a.batch, a.threads, a.steps, a.repeats, a.compile, layout, a.ref_channels_last)
     print(f"load average after: {load_average()}")
     if REF not in res:
         print("diffusers not installed: reference rows skipped", file=sys.stderr)
@@ -233,6 +247,9 @@ def main() -> None:
                     res[OURS]["images_per_s"] / res[REF]["images_per_s"]],
                    [f"both eager, median of the {a.repeats} paired rounds (quartiles {q1:.3f}-{q3:.3f}, "
                     f"bootstrap 95% CI of the median {lo:.3f}-{hi:.3f})", med]]
+        if REF_CL in res:
+            summary += [["classdiff vs diffusers in channels_last, median of the paired rounds",
+                         res[OURS]["paired_ratio_vs_ref_cl"]]]
         if a.compile:
             summary += [["both compiled", res[OURS + " (compiled)"]["images_per_s"]
                          / res[REF + " (compiled)"]["images_per_s"]],

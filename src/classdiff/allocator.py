@@ -10,8 +10,9 @@ memory 0.88-0.91 GB -> 0.97-0.98 GB.
 :func:`tune_allocator` is called by the console entry point (:func:`classdiff.cli.entry`) only, never on import:
 the library does not change the allocator of a process that imports it. It does nothing when the environment sets
 ``CLASSDIFF_MALLOC_TUNING=0``, when any ``MALLOC_*`` variable is set (the user's own glibc tuning wins), off Linux,
-or when the C library has no working ``mallopt`` (e.g. musl). Dask workers of ``classdiff sweep`` are separate
-processes and keep the defaults.
+or when the C library has no working ``mallopt`` (e.g. musl). The Dask workers of ``classdiff sweep`` (local
+cluster or batch system) are separate processes and keep glibc's defaults; its ``synchronous`` scheduler runs in
+the command's own, tuned process.
 """
 
 from __future__ import annotations

@@ -22,24 +22,30 @@ keys are those of the first, plain version, whose checkpoints load unchanged). M
 * activations and conv weights in channels_last (NHWC): oneDNN convolves NHWC without the reorders to and from
   its blocked layout that NCHW costs on every forward and backward call, and the attention tokens
   (B, HW, C) are then a free view;
-* GroupNorm of channels_last CPU tensors with many pixels through :class:`_GroupNormNHWC` (per-channel sums,
-  one fused scale-and-shift, a closed-form backward), several times faster than ATen's channels_last
-  GroupNorm kernel at 28x28; other inputs take ``F.group_norm``. Where a SiLU follows (the residual blocks and
-  the output), it is applied in place on the normalised tensor and its backward recomputes that tensor from the
-  input, so the pair keeps one activation for the backward instead of two (with the in-place dropout below, the
-  peak resident memory of a W = 32, batch 64 forward + backward fell from 840-890 MB to 730-800 MB over runs);
+* GroupNorm of channels_last float32 CPU tensors through the C kernel of :mod:`classdiff.images.native` (built on
+  first use with the system compiler, cached; two passes per direction over each sample's block instead of some
+  twenty PyTorch kernels and their temporaries), with the SiLU that follows it in the residual blocks and the output,
+  the time embedding of the residual blocks folded into the second norm's moments and shift (no pass of its own),
+  and that norm's dropout mask generated inside it from a hashed seed (regenerated in the backward, never stored).
+  Without the kernel (no compiler; ``CLASSDIFF_NATIVE=0``): those
+  of many pixels through :class:`_GroupNormNHWC` (per-channel sums, one fused scale-and-shift, a closed-form
+  backward; several times faster than ATen's channels_last GroupNorm kernel at 28x28), the others through
+  ``F.group_norm``; where a SiLU follows, it is applied in place on the normalised tensor and its backward
+  recomputes that tensor from the input, so the pair keeps one activation for the backward instead of two;
 * nearest-neighbour 2x upsampling followed by a 3x3 conv computed as one 2x2 conv with 4x the output channels on
   the low-resolution input, interleaved (sub-pixel form; 4/9 of the multiply-adds, no upsampled copy); the
   2x2 kernels are sums of the 3x3 taps, so gradients still reach the same 3x3 weight;
 * attention over the 7x7 positions on CPU as batched matmuls with a hand-written backward (:class:`_Attention`),
   faster there than the flash kernel of ``F.scaled_dot_product_attention``, which the other levels keep;
 * the time-embedding projections of all residual blocks as one matmul;
-* dropout masks on CPU from 15-bit integers, four per 64-bit draw of the generator (see :func:`_dropout_mask`:
-  the drop probability is p rounded to a multiple of 2^-15, 0.1 -> 0.1000061), several times cheaper than
-  ``nn.Dropout``'s ``bernoulli_``, a different random stream from the plain version's, kept as a 0/1 uint8 mask
-  (multiplying float32 by uint8 took 0.13-0.15 ms against 0.77-1.19 ms by bool at W = 32, batch 64, 28x28), applied in
-  place (the normalised activation it masks is kept by nothing else); the 1 / (1 - p) scale is folded into the
-  weight of the conv that follows (one pass less over the activations, forward and backward).
+* without the native kernel, dropout masks on CPU from 15-bit integers, four per 64-bit draw of the generator (see
+  :func:`_dropout_mask`: the drop probability is p rounded to a multiple of 2^-15, 0.1 -> 0.1000061), several times
+  cheaper than ``nn.Dropout``'s ``bernoulli_``, a different random stream from the plain version's, kept as a 0/1
+  uint8 mask (multiplying float32 by uint8 took 0.13-0.15 ms against 0.77-1.19 ms by bool at W = 32, batch 64,
+  28x28), applied in place (the normalised activation it masks is kept by nothing else); with the kernel, p is
+  rounded to a multiple of 2^-24 (0.1 -> 0.10000002) and the mask is another stream again. Either way the
+  1 / (1 - p) scale is folded into the weight of the conv that follows (one pass less over the activations,
+  forward and backward).
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from classdiff.images import native
 
 __all__ = ["UNet", "timestep_embedding"]
 
@@ -159,9 +167,37 @@ class _GroupNormNHWC(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None
 
 
+class _GroupNormNative(torch.autograd.Function):
+    """``F.silu?(F.group_norm(x + offset[:, :, None, None]))`` of a channels_last float32 CPU tensor, times a dropout
+    mask when ``drop_threshold`` > 0, through the C kernel of :mod:`classdiff.images.native` (two passes per
+    direction; saves x and the group moments, not the output nor the mask, which the backward regenerates from
+    ``seed``; offset (B, C) or None)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, offset, groups, eps, silu, seed, drop_threshold):
+        y, mean, rstd = native.group_norm_forward(x, weight, bias, groups, eps, silu, offset, seed, drop_threshold)
+        ctx.save_for_backward(x, weight, bias, offset, mean, rstd)
+        ctx.groups, ctx.silu, ctx.seed, ctx.drop_threshold = groups, silu, seed, drop_threshold
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, bias, offset, mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dweight, dbias, doffset = native.group_norm_backward(
+            g, x, weight, bias, mean, rstd, ctx.groups, ctx.silu, offset, need_input=need[0] or need[3],
+            seed=ctx.seed, drop_threshold=ctx.drop_threshold)
+        return dx, dweight, dbias, doffset, None, None, None, None, None
+
+
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters and state_dict keys), followed by a SiLU when ``silu`` is true; channels_last
-    float CPU inputs of at least ``NHWC_GROUPNORM_MIN_PIXELS`` pixels go through :class:`_GroupNormNHWC`."""
+    """``nn.GroupNorm`` (same parameters and state_dict keys), followed by a SiLU when ``silu`` is true.
+
+    ``forward(x, offset=None)``: with ``offset`` (B, C), the normalised input is ``x + offset[:, :, None, None]``.
+    Channels_last float32 CPU inputs go through the C kernel of :mod:`classdiff.images.native` when it is available
+    (:meth:`fuses_offset`; the offset is then folded into the kernel's moments and shift, with no pass of its own);
+    otherwise those of at least ``NHWC_GROUPNORM_MIN_PIXELS`` pixels through :class:`_GroupNormNHWC` and the rest
+    through ``F.group_norm``."""
 
     def __init__(self, num_groups: int, num_channels: int, silu: bool = False) -> None:
         super().__init__(num_groups, num_channels)
@@ -170,10 +206,29 @@ class GroupNorm(nn.GroupNorm):
     def extra_repr(self) -> str:
         return super().extra_repr() + (", silu=True" if self.silu else "")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dim() == 4 and self.affine and x.dtype == self.weight.dtype
-                and x.shape[2] * x.shape[3] >= NHWC_GROUPNORM_MIN_PIXELS and x.shape[1] > 1
-                and x.is_contiguous(memory_format=torch.channels_last)):
+    def _channels_last_float_cpu(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dim() == 4 and self.affine and x.dtype == self.weight.dtype
+                and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last))
+
+    def fuses_offset(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x, offset)`` takes the native kernel (which adds the offset without a pass of its own)."""
+        return (x.dtype == torch.float32 and self._channels_last_float_cpu(x)
+                and not torch.compiler.is_compiling() and native.load() is not None)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
+        """``dropout`` > 0 (native kernel only: :meth:`fuses_offset`): the output times a dropout mask, unscaled, of
+        drop probability ``native.dropout_threshold(dropout) / 2^24`` (the caller applies 1 / (1 - p))."""
+        if self.fuses_offset(x):
+            off = None if offset is None else offset.to(x.dtype).contiguous()
+            thr = native.dropout_threshold(dropout)
+            seed = native.draw_seed() if thr else 0
+            return _GroupNormNative.apply(x, self.weight, self.bias, off, self.num_groups, self.eps, self.silu, seed,
+                                          thr)
+        if dropout:
+            raise ValueError(f"dropout = {dropout}: GroupNorm applies dropout in the native kernel only")
+        if offset is not None:
+            x = x + offset[:, :, None, None]
+        if self._channels_last_float_cpu(x) and x.shape[2] * x.shape[3] >= NHWC_GROUPNORM_MIN_PIXELS:
             return _GroupNormNHWC.apply(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
         y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.silu(y) if self.silu else y
@@ -226,10 +281,17 @@ class ResidualBlock(nn.Module):
         """``emb`` (B, emb_dim) the time (+ class) embedding; ``emb_out`` (B, c_out), if given, is ``self.emb(emb)``
         already computed (the UNet projects the embedding for all its blocks in one matmul)."""
         h = self.conv1(self.norm1(x))  # norm1, norm2: GroupNorm then SiLU
-        h += (self.emb(emb) if emb_out is None else emb_out)[:, :, None, None]  # in place: conv saves no output
-        a = self.norm2(h)
-        if self.training and self.dropout > 0.0:  # conv2(scale * a * keep) = conv with weight scale * w of a * keep
-            a, scale = _dropout_mask(a, self.dropout, inplace=True)  # a is not saved by the norm's backward
+        e = self.emb(emb) if emb_out is None else emb_out
+        drop = self.dropout if self.training else 0.0
+        if self.norm2.fuses_offset(h):  # h + e, the norm, the SiLU and the dropout mask in one kernel
+            a = self.norm2(h, offset=e, dropout=drop)
+            scale = 1.0 / (1.0 - native.dropout_threshold(drop) / 2.0**native.DROP_BITS)
+        else:
+            h += e[:, :, None, None]  # in place: conv saves no output
+            a = self.norm2(h)
+            if drop > 0.0:
+                a, scale = _dropout_mask(a, drop, inplace=True)  # a is not saved by the norm's backward
+        if drop > 0.0:  # conv2(scale * a * keep) = conv with weight scale * w of a * keep
             h = F.conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
         else:
             h = self.conv2(a)

@@ -1,13 +1,19 @@
-"""The U-Net's native CPU kernel: GroupNorm (+ SiLU, + a per-(sample, channel) input offset, + dropout) of
-channels_last float32 tensors, forward and backward, in C (``_native/groupnorm.c``; the formulas are in its header).
+"""The U-Net's native CPU kernels, in C (``_native/*.c``; the formulas are in each file's header), forward and
+backward, float32:
 
-Why: on CPU the U-Net step is bound by memory traffic outside the convolutions. In PyTorch ops, a GroupNorm-SiLU
-forward and backward takes some twenty passes over the activation (moments, scale-and-shift, SiLU, its gradient,
-the per-channel sums of the backward, each a separate kernel with its temporaries); the C kernel takes two passes
-per direction over each sample's block, which stays in the L2 cache in between. Measured with
-``benchmarks/bench_unet.py`` (see the U-Net module docstring for the figures).
+* ``groupnorm.c``: GroupNorm (+ SiLU, + a per-(sample, channel) input offset, + dropout) of channels_last tensors.
+  In PyTorch ops a GroupNorm-SiLU forward and backward takes some twenty passes over the activation (moments,
+  scale-and-shift, SiLU, its gradient, the per-channel sums of the backward, each a separate kernel with its
+  temporaries); the kernel takes two passes per direction over each sample's block, which stays in the L2 cache
+  in between.
+* ``attention.c``: multi-head softmax attention of short sequences straight from the (B, N, 3C) output of the
+  input projection to the (B, N, C) input of the output projection (no head transposes, no stacking of the
+  q, k, v gradients), the N x N probabilities recomputed in the backward per (sample, head) in cache, the
+  products register-tiled for AVX2/FMA.
 
-Build: on first use in a process, the source is compiled with the system C compiler (``$CC``, else ``cc``,
+The figures are in the U-Net module docstring (measured with ``benchmarks/bench_unet.py``).
+
+Build: on first use in a process, the sources are compiled with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang`` on the PATH; ``-O3 -march=native``) into the user cache, ``$CLASSDIFF_CACHE/native``
 (default ``~/.cache/classdiff/native``), under a name that hashes the source, the compiler, the flags and the
 CPU, written atomically (temporary file + ``os.replace``), so later processes load it in milliseconds and
@@ -42,8 +48,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "attention_backward",
+    "attention_forward",
     "available",
     "build_info",
+    "conv_weight_grad",
     "disabled",
     "draw_seed",
     "dropout_threshold",
@@ -52,8 +61,10 @@ __all__ = [
     "load",
 ]
 
-SOURCE = Path(__file__).with_name("_native") / "groupnorm.c"
-ABI_VERSION = 2
+SOURCE_DIR = Path(__file__).with_name("_native")
+SOURCES = ("groupnorm.c", "attention.c", "conv.c")  # compiled into one library; common.h is shared
+HEADERS = ("common.h",)
+ABI_VERSION = 3
 DROP_BITS = 24  # dropout resolution: p is rounded to a multiple of 2^-DROP_BITS
 FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fno-trapping-math"]
 
@@ -115,7 +126,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def _build(cc: str, gomp: str | None) -> tuple[Path | None, str]:
     """Compile the kernel (or find it in the cache); (path, description) or (None, why not)."""
     version = _run([cc, "--version"]).stdout.splitlines()[:1]
-    source = SOURCE.read_bytes()
+    source = b"".join((SOURCE_DIR / name).read_bytes() for name in SOURCES + HEADERS)
     attempts = [["-march=native"], []]  # without -march=native where the compiler does not take it
     errors = []
     for arch in attempts:
@@ -127,16 +138,18 @@ def _build(cc: str, gomp: str | None) -> tuple[Path | None, str]:
         except OSError:
             folder = Path(tempfile.gettempdir()) / f"classdiff-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
             folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"groupnorm-{key.hexdigest()[:16]}.so"
+        target = folder / f"kernels-{key.hexdigest()[:16]}.so"
         desc = f"{target} ({' '.join(flags)}{'; OpenMP: ' + gomp if gomp else '; single-threaded'})"
         if target.exists():
             return target, desc
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            obj, lib = Path(tmp) / "groupnorm.o", Path(tmp) / "groupnorm.so"
+            objs = [Path(tmp) / f"{Path(name).stem}.o" for name in SOURCES]
+            lib = Path(tmp) / "kernels.so"
             compile_flags = [f for f in flags if f != "-shared"]
-            steps = [[cc, *compile_flags, "-c", str(SOURCE), "-o", str(obj)]]
+            steps = [[cc, *compile_flags, "-c", str(SOURCE_DIR / name), "-o", str(obj)]
+                     for name, obj in zip(SOURCES, objs, strict=True)]
             # link against the OpenMP runtime already loaded (PyTorch's), not the compiler's own copy
-            link = [cc, "-shared", str(obj), "-o", str(lib), "-lm"]
+            link = [cc, "-shared", *map(str, objs), "-o", str(lib), "-lm"]
             if gomp:
                 link += [gomp, f"-Wl,-rpath,{os.path.dirname(gomp)}"]
             steps.append(link)
@@ -164,8 +177,8 @@ def load() -> ctypes.CDLL | None:
         cc = _compiler()
         if cc is None:
             info = "no C compiler found ($CC, cc, gcc, clang)"
-        elif not SOURCE.exists():
-            info = f"kernel source missing: {SOURCE}"
+        elif not all((SOURCE_DIR / name).exists() for name in SOURCES + HEADERS):
+            info = f"kernel sources missing in {SOURCE_DIR}"
         else:
             import torch  # noqa: F401  (load PyTorch's OpenMP runtime first, so that the kernel links against it)
 
@@ -177,7 +190,7 @@ def load() -> ctypes.CDLL | None:
             except (OSError, subprocess.SubprocessError) as exc:
                 lib, info = None, f"{type(exc).__name__}: {exc}"
             if lib is None:
-                warnings.warn(f"classdiff: the native GroupNorm kernel could not be built, the U-Net uses its "
+                warnings.warn(f"classdiff: the native CPU kernels could not be built, the U-Net uses its "
                               f"PyTorch path on CPU (slower): {info}", RuntimeWarning, stacklevel=2)
         _state["lib"], _state["info"] = lib, info
         return lib
@@ -191,6 +204,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.cd_group_norm_forward.restype = i
     lib.cd_group_norm_backward.argtypes = [p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, i, u64, u32, i]
     lib.cd_group_norm_backward.restype = i
+    lib.cd_attention_forward.argtypes = [p, p, p, i64, i64, i64, i64, i]
+    lib.cd_attention_forward.restype = i
+    lib.cd_attention_backward.argtypes = [p, p, p, p, p, i64, i64, i64, i64, i]
+    lib.cd_attention_backward.restype = i
+    lib.cd_conv_weight_grad.argtypes = [p, p, p, p] + [i64] * 11 + [i]
+    lib.cd_conv_weight_grad.restype = i
     return lib
 
 
@@ -265,7 +284,7 @@ def group_norm_forward(x, weight, bias, groups: int, eps: float, silu: bool, off
 
     lib = load()
     if lib is None:
-        raise RuntimeError(f"the native GroupNorm kernel is not available: {build_info()}")
+        raise RuntimeError(f"the native kernels are not available: {build_info()}")
     b, c, p = _check(x, groups, weight, bias, offset)
     y = torch.empty_like(x, memory_format=torch.channels_last)
     mean = torch.empty(b, groups, dtype=torch.float64)
@@ -287,7 +306,7 @@ def group_norm_backward(grad, x, weight, bias, mean, rstd, groups: int, silu: bo
 
     lib = load()
     if lib is None:
-        raise RuntimeError(f"the native GroupNorm kernel is not available: {build_info()}")
+        raise RuntimeError(f"the native kernels are not available: {build_info()}")
     b, c, p = _check(x, groups, weight, bias, offset)
     grad = grad.contiguous(memory_format=torch.channels_last)
     if grad.dtype != torch.float32 or grad.shape != x.shape:
@@ -303,3 +322,80 @@ def group_norm_backward(grad, x, weight, bias, mean, rstd, groups: int, silu: bo
         raise MemoryError("native GroupNorm backward: out of scratch memory")
     return (dx, dw.sum(0).to(torch.float32), db.sum(0).to(torch.float32),
             None if doff is None else doff.to(torch.float32))
+
+
+def _check_qkv(qkv, heads: int) -> tuple[int, int, int]:
+    import torch
+
+    if qkv.dim() != 3 or qkv.dtype != torch.float32 or qkv.device.type != "cpu" or not qkv.is_contiguous():
+        raise ValueError(f"qkv: need a contiguous float32 CPU tensor (B, N, 3 C), got {tuple(qkv.shape)} {qkv.dtype}")
+    b, n, c3 = qkv.shape
+    if heads < 1 or c3 % (3 * heads) or (c3 // (3 * heads)) % 8:
+        raise ValueError(f"heads = {heads}: 3 C = {c3} must be 3 heads D with the head dimension D a multiple of 8")
+    return b, n, c3 // 3
+
+
+def attention_forward(qkv, heads: int):
+    """(out, lse): out (B, N, C) = per head softmax(Q K^T / sqrt(D)) V from ``qkv`` (B, N, 3 C) laid out as
+    [q | k | v] with head h in columns h D .. (h + 1) D - 1 of each third (C = heads D, D a multiple of 8);
+    lse (B, heads, N) the log-sum-exp of each row of the scaled scores, for :func:`attention_backward`."""
+    import torch
+
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {build_info()}")
+    b, n, c = _check_qkv(qkv, heads)
+    out = torch.empty(b, n, c, dtype=torch.float32)
+    lse = torch.empty(b, heads, n, dtype=torch.float32)
+    if lib.cd_attention_forward(_ptr(qkv), _ptr(out), _ptr(lse), b, n, heads, c // heads,
+                                torch.get_num_threads()) != 0:
+        raise MemoryError("native attention forward: out of scratch memory")
+    return out, lse
+
+
+def attention_backward(grad, qkv, out, lse, heads: int):
+    """d qkv (B, N, 3 C) of :func:`attention_forward` from the output gradient ``grad`` (B, N, C)."""
+    import torch
+
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {build_info()}")
+    b, n, c = _check_qkv(qkv, heads)
+    grad = grad.contiguous()
+    for name, t, shape in (("grad", grad, (b, n, c)), ("out", out, (b, n, c)), ("lse", lse, (b, heads, n))):
+        if tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError(f"{name}: need a contiguous float32 tensor of shape {shape}, got {tuple(t.shape)}")
+    dqkv = torch.empty_like(qkv)
+    if lib.cd_attention_backward(_ptr(qkv), _ptr(out), _ptr(grad), _ptr(lse), _ptr(dqkv), b, n, heads, c // heads,
+                                 torch.get_num_threads()) != 0:
+        raise MemoryError("native attention backward: out of scratch memory")
+    return dqkv
+
+
+def conv_weight_grad(x, grad, kernel: tuple[int, int], stride: int, padding: int, need_bias: bool = True):
+    """(dweight, dbias) of a 2-D convolution with a ``kernel`` (KH, KW) weight, ``stride`` and zero ``padding`` from
+    its input ``x`` (B, I, Hi, Wi) and output gradient ``grad`` (B, O, Ho, Wo), both channels_last float32 CPU
+    (I a multiple of 8): dweight (O, I, KH, KW) channels_last, dbias (O,) or None."""
+    import torch
+
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {build_info()}")
+    for name, t in (("x", x), ("grad", grad)):
+        if t.dim() != 4 or t.dtype != torch.float32 or t.device.type != "cpu" or \
+                not t.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"{name}: need a channels_last float32 CPU tensor (B, C, H, W), got {tuple(t.shape)} "
+                             f"{t.dtype}")
+    b, i, hi, wi = x.shape
+    _, o, ho, wo = grad.shape
+    kh, kw = kernel
+    if grad.shape[0] != b or i % 8 or ho != (hi + 2 * padding - kh) // stride + 1 or \
+            wo != (wi + 2 * padding - kw) // stride + 1:
+        raise ValueError(f"x {tuple(x.shape)}, grad {tuple(grad.shape)}, kernel {kernel}, stride {stride}, padding "
+                         f"{padding}: shapes do not match (or the input channels are not a multiple of 8)")
+    dw = torch.empty(o, i, kh, kw, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    db = torch.empty(o, dtype=torch.float32) if need_bias else None
+    if lib.cd_conv_weight_grad(_ptr(x), _ptr(grad), _ptr(dw), _ptr(db), b, hi, wi, i, ho, wo, o, kh, kw, stride,
+                               padding, torch.get_num_threads()) != 0:
+        raise MemoryError("native conv weight gradient: out of scratch memory")
+    return dw, db

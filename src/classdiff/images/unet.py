@@ -64,6 +64,7 @@ __all__ = ["UNet", "timestep_embedding"]
 GROUPS = 8
 NHWC_GROUPNORM_MIN_PIXELS = 256  # _GroupNormNHWC from this many pixels (28x28 levels); ATen's kernel below
 BMM_ATTENTION_MAX_TOKENS = 64  # CPU attention over at most this many positions (7x7) through _Attention
+NATIVE_ATTENTION_MAX_TOKENS = 1024  # the native kernel keeps two N x N float32 matrices per thread
 
 
 def timestep_embedding(k: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -266,16 +267,63 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return y * scale
 
 
+class _Conv2dNative(torch.autograd.Function):
+    """``F.conv2d`` (oneDNN) whose backward takes the input gradient from ATen's convolution backward and the weight
+    and bias gradients from the C kernel of :mod:`classdiff.images.native` (register-tiled, cache-blocked)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        g = g.contiguous(memory_format=torch.channels_last)
+        s, p = ctx.stride, ctx.padding
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.aten.convolution_backward(g, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                                                     [True, False, False])[0]
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dw, db = native.conv_weight_grad(x, g, tuple(weight.shape[2:]), s, p, need_bias=ctx.has_bias)
+        return dx, dw, db, None, None
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
+           padding: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` (square stride and padding), through :class:`_Conv2dNative`
+    for channels_last float32 CPU inputs of a multiple of 8 channels when the native kernels are available and a
+    weight or bias gradient is needed."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4
+            and x.shape[1] % 8 == 0 and torch.is_grad_enabled() and (weight.requires_grad or (
+                bias is not None and bias.requires_grad))
+            and x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu") and native.load() is not None):
+        return _Conv2dNative.apply(x, weight, bias, stride, padding)
+    return F.conv2d(x, weight, bias, stride, padding)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state_dict keys) of square stride and padding computed by :func:`conv2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        return conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = GroupNorm(GROUPS, c_in, silu=True)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
         self.norm2 = GroupNorm(GROUPS, c_out, silu=True)
         self.dropout = float(dropout)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.conv2 = Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = Conv2d(c_in, c_out, 1, padding=0) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, emb_out: torch.Tensor | None = None) -> torch.Tensor:
         """``emb`` (B, emb_dim) the time (+ class) embedding; ``emb_out`` (B, c_out), if given, is ``self.emb(emb)``
@@ -292,7 +340,7 @@ class ResidualBlock(nn.Module):
             if drop > 0.0:
                 a, scale = _dropout_mask(a, drop, inplace=True)  # a is not saved by the norm's backward
         if drop > 0.0:  # conv2(scale * a * keep) = conv with weight scale * w of a * keep
-            h = F.conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
+            h = conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
         else:
             h = self.conv2(a)
         return h.add_(self.skip(x))
@@ -329,12 +377,32 @@ class _Attention(torch.autograd.Function):
         return dq.view(b, heads, n, d), dk.view(b, heads, n, d), dv.view(b, heads, n, d)
 
 
+class _AttentionNative(torch.autograd.Function):
+    """Per-head softmax attention from the (B, N, 3C) q|k|v projection to the (B, N, C) head outputs through the C
+    kernel of :mod:`classdiff.images.native` (saves qkv, the output and the row log-sum-exps; the backward recomputes
+    the probabilities and writes the q, k, v gradients into one (B, N, 3C) tensor)."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads):
+        out, lse = native.attention_forward(qkv, heads)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.heads = heads
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        qkv, out, lse = ctx.saved_tensors
+        return native.attention_backward(g, qkv, out, lse, ctx.heads), None
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions, residual, pre-GroupNorm.
 
     Heads of dimension ``head_dim`` (channels // head_dim heads, at least one): on CPU, few wide heads are several
-    times faster than many narrow ones. ``F.scaled_dot_product_attention`` (flash kernel), except on CPU over at
-    most ``BMM_ATTENTION_MAX_TOKENS`` positions: :class:`_Attention`.
+    times faster than many narrow ones. Channels_last float32 CPU inputs of at most ``NATIVE_ATTENTION_MAX_TOKENS``
+    positions with a head dimension that is a multiple of 8: :class:`_AttentionNative` (when the native kernels are
+    available); otherwise ``F.scaled_dot_product_attention`` (flash kernel), except on CPU over at most
+    ``BMM_ATTENTION_MAX_TOKENS`` positions: :class:`_Attention`.
     """
 
     def __init__(self, channels: int, head_dim: int = 32) -> None:
@@ -347,16 +415,28 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 
+    def _native(self, x: torch.Tensor) -> bool:
+        c, h, w = x.shape[1:]
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.qkv.weight.dtype == torch.float32
+                and h * w <= NATIVE_ATTENTION_MAX_TOKENS and (c // self.heads) % 8 == 0
+                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+                and native.load() is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)  # (b, hw, c); a view when channels_last
-        # (b, heads, hw, c/heads) views; their gradients stack straight into the (b, hw, 3c) layout of the linear
-        q, k, v = (t.transpose(1, 2) for t in self.qkv(tokens).view(b, h * w, 3, self.heads, c // self.heads).unbind(2))
-        if x.device.type == "cpu" and h * w <= BMM_ATTENTION_MAX_TOKENS:
-            out = _Attention.apply(q, k, v)  # (b, heads, hw, c/heads)
+        qkv = self.qkv(tokens)  # (b, hw, 3c): q | k | v, heads of c/heads channels in each
+        if self._native(x):
+            out = _AttentionNative.apply(qkv, self.heads)  # (b, hw, c), heads side by side
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
+            # (b, heads, hw, c/heads) views; their gradients stack straight into the (b, hw, 3c) layout of the linear
+            q, k, v = (t.transpose(1, 2) for t in qkv.view(b, h * w, 3, self.heads, c // self.heads).unbind(2))
+            if x.device.type == "cpu" and h * w <= BMM_ATTENTION_MAX_TOKENS:
+                out = _Attention.apply(q, k, v)  # (b, heads, hw, c/heads)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v)
+            out = out.transpose(1, 2).reshape(b, h * w, c)
+        out = self.proj(out)
         return x + out.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last layout
 
 
@@ -417,7 +497,7 @@ class UNet(nn.Module):
                     self.down.append(SelfAttention(c))
                 skips.append(c)
             if level < len(chans) - 1:
-                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                self.down.append(Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
         self.mid = nn.ModuleList([ResidualBlock(c, c, emb_dim, dropout), SelfAttention(c),
                                   ResidualBlock(c, c, emb_dim, dropout)])
@@ -432,7 +512,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(_Upsample(c))
         self.out_norm = GroupNorm(GROUPS, c, silu=True)
-        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
+        self.out = Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self._blocks = [m for m in self.modules() if isinstance(m, ResidualBlock)]  # order of the fused projection
@@ -520,9 +600,9 @@ class _Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # y[:, (py, px, o), i', j'] sees original rows (i'-1, i') and columns (j'-1, j')
-        y = F.conv2d(x, _subpixel_weight(self.conv.weight), self.conv.bias.repeat(4), padding=1)
+        y = conv2d(x, _subpixel_weight(self.conv.weight), self.conv.bias.repeat(4), padding=1)
         return _Interleave.apply(y)

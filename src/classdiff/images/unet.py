@@ -17,26 +17,45 @@ Shapes: ``forward(x (B, 1, 28, 28), k (B,) float or int, y (B,) long or None) ->
 
 How the computation is done (the function and the parameters are those of the layout above; the state_dict
 keys are those of the first, plain version, whose checkpoints load unchanged). Measured with
-``benchmarks/bench_unet.py`` against diffusers' ``UNet2DModel`` of the same layout, on CPU:
+``benchmarks/bench_unet.py`` against diffusers' ``UNet2DModel`` of the same layout, on CPU (2 cores, fp32, paired
+rounds; W = 32, batch 64): 1.32-1.45x its training throughput (medians of three runs), and 1.15x for this model's
+PyTorch path (the native kernels switched off) timed beside them in one of these runs; 1.32x (PyTorch path
+1.10x) for the layout of ``experiments/fashion_cpu.toml``.
 
 * activations and conv weights in channels_last (NHWC): oneDNN convolves NHWC without the reorders to and from
   its blocked layout that NCHW costs on every forward and backward call, and the attention tokens
   (B, HW, C) are then a free view;
-* GroupNorm of channels_last float32 CPU tensors through the C kernel of :mod:`classdiff.images.native` (built on
-  first use with the system compiler, cached; two passes per direction over each sample's block instead of some
-  twenty PyTorch kernels and their temporaries), with the SiLU that follows it in the residual blocks and the output,
-  the time embedding of the residual blocks folded into the second norm's moments and shift (no pass of its own),
-  and that norm's dropout mask generated inside it from a hashed seed (regenerated in the backward, never stored).
-  Without the kernel (no compiler; ``CLASSDIFF_NATIVE=0``): those
-  of many pixels through :class:`_GroupNormNHWC` (per-channel sums, one fused scale-and-shift, a closed-form
-  backward; several times faster than ATen's channels_last GroupNorm kernel at 28x28), the others through
-  ``F.group_norm``; where a SiLU follows, it is applied in place on the normalised tensor and its backward
-  recomputes that tensor from the input, so the pair keeps one activation for the backward instead of two;
+* on CPU, three C kernels of :mod:`classdiff.images.native` (built on first use with the system compiler, cached,
+  sharing PyTorch's thread pool), for float32 channels_last inputs:
+
+  - GroupNorm (:class:`_GroupNormNative`) in two passes per direction over each sample's block instead of some
+    twenty PyTorch kernels and their temporaries, with the SiLU that follows it in the residual blocks and the
+    output, the time embedding of the residual blocks folded into the second norm's moments and shift (no pass of
+    its own), and that norm's dropout mask generated inside it from a hashed seed (regenerated in the backward,
+    never stored). In-model A/B against the PyTorch path: 1.05-1.06x the step rate for the norms;
+  - attention (:class:`_AttentionNative`) straight from the (B, HW, 3C) q|k|v projection to the (B, HW, C) input
+    of the output projection (no head transposes, no stacking of the q, k, v gradients), the HW x HW
+    probabilities recomputed per (sample, head) in cache in the backward, the products in AVX2 register tiles:
+    at 14x14 (B = 64, 2 heads of 32) 30 ms forward + backward against 35 ms for the flash kernel of
+    ``F.scaled_dot_product_attention``; at 7x7, 5.2 ms against 5.7 ms for :class:`_Attention` (batched matmuls);
+    in-model, 1.05x the step rate;
+  - the weight and bias gradients of the convolutions (:class:`_Conv2dNative`; the input gradient stays with
+    oneDNN): register tiles walking cache-sized blocks of output rows, 1.1-1.45x oneDNN's weight gradient
+    (largest at 28x28 with 32-96 channels, where oneDNN's reaches about 100 GFLOP/s and its forward
+    convolution 170-190);
+    in-model, 1.04x the step rate;
+
+  without the kernels (no C compiler, ``CLASSDIFF_NATIVE=0``, other devices): GroupNorm of many pixels through
+  :class:`_GroupNormNHWC` (per-channel sums, one fused scale-and-shift, a closed-form backward; several times
+  faster than ATen's channels_last GroupNorm kernel at 28x28), the others through ``F.group_norm``; where a SiLU
+  follows, it is applied in place on the normalised tensor and its backward recomputes that tensor from the input,
+  so the pair keeps one activation for the backward instead of two;
 * nearest-neighbour 2x upsampling followed by a 3x3 conv computed as one 2x2 conv with 4x the output channels on
   the low-resolution input, interleaved (sub-pixel form; 4/9 of the multiply-adds, no upsampled copy); the
   2x2 kernels are sums of the 3x3 taps, so gradients still reach the same 3x3 weight;
-* attention over the 7x7 positions on CPU as batched matmuls with a hand-written backward (:class:`_Attention`),
-  faster there than the flash kernel of ``F.scaled_dot_product_attention``, which the other levels keep;
+* without the native kernels, attention over the 7x7 positions on CPU as batched matmuls with a hand-written
+  backward (:class:`_Attention`), faster there than the flash kernel of ``F.scaled_dot_product_attention``, which
+  the other levels keep;
 * the time-embedding projections of all residual blocks as one matmul;
 * without the native kernel, dropout masks on CPU from 15-bit integers, four per 64-bit draw of the generator (see
   :func:`_dropout_mask`: the drop probability is p rounded to a multiple of 2^-15, 0.1 -> 0.1000061), several times

@@ -29,13 +29,7 @@ static inline __attribute__((always_inline)) void abt_tile(const int R, const fl
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(Bt + k * ldb), b1 = _mm256_loadu_ps(Bt + k * ldb + 8);
-#pragma GCC unroll 6
-        for (int r = 0; r < R; ++r) {
-            const __m256 av = _mm256_broadcast_ss(A + r * lda + k);
-            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
-        }
+        cd_tile_fma(R, 2, acc0, acc1, A + k, lda, _mm256_loadu_ps(Bt + k * ldb), _mm256_loadu_ps(Bt + k * ldb + 8));
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
@@ -53,14 +47,9 @@ static void gemm_abt(const float* A, int64_t lda, const float* Bt, int64_t ldb, 
         const float* a = A + i0 * lda;
         float* c = C + i0 * ldc;
         for (int64_t j = 0; j < Np; j += 16) {
-            switch (M - i0 < ABT_ROWS ? M - i0 : ABT_ROWS) {
-                case 6: abt_tile(6, a, lda, Bt + j, ldb, c + j, ldc, K); break;
-                case 5: abt_tile(5, a, lda, Bt + j, ldb, c + j, ldc, K); break;
-                case 4: abt_tile(4, a, lda, Bt + j, ldb, c + j, ldc, K); break;
-                case 3: abt_tile(3, a, lda, Bt + j, ldb, c + j, ldc, K); break;
-                case 2: abt_tile(2, a, lda, Bt + j, ldb, c + j, ldc, K); break;
-                default: abt_tile(1, a, lda, Bt + j, ldb, c + j, ldc, K); break;
-            }
+#define CD_ABT_CASE(R, V) abt_tile(R, a, lda, Bt + j, ldb, c + j, ldc, K)
+            CD_TILE_SWITCH(M - i0 < ABT_ROWS ? M - i0 : ABT_ROWS, 2, CD_ABT_CASE)
+#undef CD_ABT_CASE
         }
     }
 #else
@@ -84,13 +73,7 @@ static inline __attribute__((always_inline)) void ab_tile(const int R, const int
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; ++k) {
         const __m256 b0 = _mm256_loadu_ps(B + k * ldb);
-        const __m256 b1 = V > 1 ? _mm256_loadu_ps(B + k * ldb + 8) : b0;
-#pragma GCC unroll 6
-        for (int r = 0; r < R; ++r) {
-            const __m256 av = _mm256_broadcast_ss(A + r * arow + k * astep);
-            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-            if (V > 1) acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
-        }
+        cd_tile_fma(R, V, acc0, acc1, A + k * astep, arow, b0, V > 1 ? _mm256_loadu_ps(B + k * ldb + 8) : b0);
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
@@ -102,20 +85,7 @@ static inline __attribute__((always_inline)) void ab_tile(const int R, const int
 #define CD_AB_CASE(R, V) ab_tile(R, V, a, arow, astep, b, ldb, c, ldc, K)
 static void ab_dispatch(int R, int V, const float* a, int64_t arow, int64_t astep, const float* b, int64_t ldb,
                         float* c, int64_t ldc, int64_t K) {
-    switch (R * 4 + V) {
-        case 6 * 4 + 2: CD_AB_CASE(6, 2); break;
-        case 5 * 4 + 2: CD_AB_CASE(5, 2); break;
-        case 4 * 4 + 2: CD_AB_CASE(4, 2); break;
-        case 3 * 4 + 2: CD_AB_CASE(3, 2); break;
-        case 2 * 4 + 2: CD_AB_CASE(2, 2); break;
-        case 1 * 4 + 2: CD_AB_CASE(1, 2); break;
-        case 6 * 4 + 1: CD_AB_CASE(6, 1); break;
-        case 5 * 4 + 1: CD_AB_CASE(5, 1); break;
-        case 4 * 4 + 1: CD_AB_CASE(4, 1); break;
-        case 3 * 4 + 1: CD_AB_CASE(3, 1); break;
-        case 2 * 4 + 1: CD_AB_CASE(2, 1); break;
-        default: CD_AB_CASE(1, 1); break;
-    }
+    CD_TILE_SWITCH(R, V, CD_AB_CASE)
 }
 #endif
 

@@ -48,13 +48,7 @@ static inline __attribute__((always_inline)) void wgrad_tile(const int R, const 
         const float* xr = x + ((b * sh->Hi + yi) * sh->Wi + S * x_lo + kx - sh->P) * I;
         for (int64_t xo = x_lo; xo < x_hi; ++xo, gr += O, xr += S * I) {
             const __m256 b0 = _mm256_loadu_ps(xr);
-            const __m256 b1 = V > 1 ? _mm256_loadu_ps(xr + 8) : b0;
-#pragma GCC unroll 6
-            for (int r = 0; r < R; ++r) {
-                const __m256 av = _mm256_broadcast_ss(gr + r);
-                acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-                if (V > 1) acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
-            }
+            cd_tile_fma(R, V, acc0, acc1, gr, 1, b0, V > 1 ? _mm256_loadu_ps(xr + 8) : b0);
         }
     }
 #pragma GCC unroll 6
@@ -67,20 +61,7 @@ static inline __attribute__((always_inline)) void wgrad_tile(const int R, const 
 #define CD_WG_CASE(R, V) wgrad_tile(R, V, g, x, r0, r1, sh, ky, kx, dwt, ldw)
 static void wgrad_dispatch(int R, int V, const float* g, const float* x, int64_t r0, int64_t r1,
                            const cd_conv_shape* sh, int64_t ky, int64_t kx, float* dwt, int64_t ldw) {
-    switch (R * 4 + V) {
-        case 6 * 4 + 2: CD_WG_CASE(6, 2); break;
-        case 5 * 4 + 2: CD_WG_CASE(5, 2); break;
-        case 4 * 4 + 2: CD_WG_CASE(4, 2); break;
-        case 3 * 4 + 2: CD_WG_CASE(3, 2); break;
-        case 2 * 4 + 2: CD_WG_CASE(2, 2); break;
-        case 1 * 4 + 2: CD_WG_CASE(1, 2); break;
-        case 6 * 4 + 1: CD_WG_CASE(6, 1); break;
-        case 5 * 4 + 1: CD_WG_CASE(5, 1); break;
-        case 4 * 4 + 1: CD_WG_CASE(4, 1); break;
-        case 3 * 4 + 1: CD_WG_CASE(3, 1); break;
-        case 2 * 4 + 1: CD_WG_CASE(2, 1); break;
-        default: CD_WG_CASE(1, 1); break;
-    }
+    CD_TILE_SWITCH(R, V, CD_WG_CASE)
 }
 #endif
 

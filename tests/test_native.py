@@ -204,7 +204,7 @@ def test_fallbacks_without_a_compiler_or_with_a_failing_build(tmp_path, monkeypa
 @needs_kernel
 def test_build_is_cached_and_reused_by_a_new_process(tmp_path):
     """A fresh cache folder gets one library, written atomically (no temporary left), which a second process loads
-    without compiling (same file, same modification time)."""
+    without compiling (same file, same modification time); a damaged one is rebuilt without a warning."""
     env = dict(os.environ, CLASSDIFF_CACHE=str(tmp_path))
     code = "from classdiff.images import native; assert native.available(), native.build_info(); " \
            "print(native.build_info().split(' ')[0])"
@@ -215,6 +215,12 @@ def test_build_is_cached_and_reused_by_a_new_process(tmp_path):
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert second.stdout.strip() == path and os.stat(path).st_mtime_ns == mtime
     assert [p.name for p in (tmp_path / "native").iterdir()] == [os.path.basename(path)]
+    # a damaged cached library is built again (once), and then loads
+    with open(path, "wb") as f:
+        f.write(b"not a shared library")
+    third = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True,
+                           check=True)
+    assert third.stdout.strip() == path and os.path.getsize(path) > 1000
 
 
 @needs_kernel

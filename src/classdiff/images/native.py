@@ -10,6 +10,8 @@ backward, float32:
   input projection to the (B, N, C) input of the output projection (no head transposes, no stacking of the
   q, k, v gradients), the N x N probabilities recomputed in the backward per (sample, head) in cache, the
   products register-tiled for AVX2/FMA.
+* ``conv.c``: the weight and bias gradients of a small-kernel convolution of channels_last tensors, register tiles
+  walking cache-sized blocks of output rows (the forward and the input gradient stay with oneDNN).
 
 The figures are in the U-Net module docstring (measured with ``benchmarks/bench_unet.py``).
 
@@ -17,9 +19,10 @@ Build: on first use in a process, the sources are compiled with the system C com
 ``gcc`` or ``clang`` on the PATH; ``-O3 -march=native``) into the user cache, ``$CLASSDIFF_CACHE/native``
 (default ``~/.cache/classdiff/native``), under a name that hashes the source, the compiler, the flags and the
 CPU, written atomically (temporary file + ``os.replace``), so later processes load it in milliseconds and
-concurrent ones do not clash. Threads: when PyTorch has loaded GNU OpenMP (``libgomp``, as its Linux wheels do)
-the kernel is compiled with OpenMP and linked against that same runtime, so that it shares PyTorch's thread pool
-(``torch.get_num_threads()`` threads; nothing oversubscribed); otherwise it runs single-threaded.
+concurrent ones do not clash (a cached library that does not load is rebuilt once). Threads: when PyTorch has
+loaded GNU OpenMP (``libgomp``, as its Linux wheels do) the kernels are compiled with OpenMP and linked against
+that same runtime, so that they share PyTorch's thread pool (``torch.get_num_threads()`` threads; nothing
+oversubscribed); otherwise, or where that build fails, they run single-threaded.
 
 Dropout: the mask comes from a 32-bit hash of (seed, sample, element), so the backward regenerates it rather than
 storing it; the seed is drawn from PyTorch's default generator by the caller (:func:`draw_seed`), so seeded runs
@@ -123,15 +126,17 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _build(cc: str, gomp: str | None) -> tuple[Path | None, str]:
-    """Compile the kernel (or find it in the cache); (path, description) or (None, why not)."""
+def _build(cc: str, gomp: str | None, rebuild: bool = False) -> tuple[Path | None, str]:
+    """Compile the kernels (or find them in the cache, unless ``rebuild``); (path, description) or (None, why not).
+    Flag sets are tried in order: with OpenMP (where ``gomp`` is given) and -march=native, then without
+    -march=native (compilers that do not take it), then the same single-threaded."""
     version = _run([cc, "--version"]).stdout.splitlines()[:1]
     source = b"".join((SOURCE_DIR / name).read_bytes() for name in SOURCES + HEADERS)
-    attempts = [["-march=native"], []]  # without -march=native where the compiler does not take it
+    attempts = [(arch, omp) for omp in ([gomp, None] if gomp else [None]) for arch in (["-march=native"], [])]
     errors = []
-    for arch in attempts:
-        flags = FLAGS + arch + (["-fopenmp"] if gomp else [])
-        key = hashlib.sha256(repr((source, cc, version, flags, gomp, _cpu_signature(), ABI_VERSION)).encode())
+    for arch, omp in attempts:  # omp: the OpenMP runtime to link, or None
+        flags = FLAGS + arch + (["-fopenmp"] if omp else [])
+        key = hashlib.sha256(repr((source, cc, version, flags, omp, _cpu_signature(), ABI_VERSION)).encode())
         folder = _cache_root()
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,8 +144,8 @@ def _build(cc: str, gomp: str | None) -> tuple[Path | None, str]:
             folder = Path(tempfile.gettempdir()) / f"classdiff-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
             folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"kernels-{key.hexdigest()[:16]}.so"
-        desc = f"{target} ({' '.join(flags)}{'; OpenMP: ' + gomp if gomp else '; single-threaded'})"
-        if target.exists():
+        desc = f"{target} ({' '.join(flags)}{'; OpenMP: ' + omp if omp else '; single-threaded'})"
+        if target.exists() and not rebuild:
             return target, desc
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             objs = [Path(tmp) / f"{Path(name).stem}.o" for name in SOURCES]
@@ -150,8 +155,8 @@ def _build(cc: str, gomp: str | None) -> tuple[Path | None, str]:
                      for name, obj in zip(SOURCES, objs, strict=True)]
             # link against the OpenMP runtime already loaded (PyTorch's), not the compiler's own copy
             link = [cc, "-shared", *map(str, objs), "-o", str(lib), "-lm"]
-            if gomp:
-                link += [gomp, f"-Wl,-rpath,{os.path.dirname(gomp)}"]
+            if omp:
+                link += [omp, f"-Wl,-rpath,{os.path.dirname(omp)}"]
             steps.append(link)
             for cmd in steps:
                 res = _run(cmd)
@@ -183,12 +188,15 @@ def load() -> ctypes.CDLL | None:
             import torch  # noqa: F401  (load PyTorch's OpenMP runtime first, so that the kernel links against it)
 
             gomp = _loaded_gomp() if sys.platform.startswith("linux") else None
-            try:
-                path, info = _build(cc, gomp)
-                if path is not None:
-                    lib = _bind(ctypes.CDLL(str(path)))
-            except (OSError, subprocess.SubprocessError) as exc:
-                lib, info = None, f"{type(exc).__name__}: {exc}"
+            for rebuild in (False, True):  # a cached library that does not load is built again, once
+                try:
+                    path, info = _build(cc, gomp, rebuild)
+                    if path is not None:
+                        lib = _bind(ctypes.CDLL(str(path)))
+                        info = info if lib is not None else f"{path}: wrong ABI version"
+                    break
+                except (OSError, subprocess.SubprocessError) as exc:
+                    lib, info = None, f"{type(exc).__name__}: {exc}"
             if lib is None:
                 warnings.warn(f"classdiff: the native CPU kernels could not be built, the U-Net uses its "
                               f"PyTorch path on CPU (slower): {info}", RuntimeWarning, stacklevel=2)

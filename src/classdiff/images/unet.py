@@ -328,7 +328,8 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state_dict keys) of square stride and padding computed by :func:`conv2d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if (self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or self.stride[0] != self.stride[1] or self.padding[0] != self.padding[1]):
             return super().forward(x)
         return conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
 
@@ -403,6 +404,7 @@ class _AttentionNative(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, heads):
+        qkv = qkv.contiguous()
         out, lse = native.attention_forward(qkv, heads)
         ctx.save_for_backward(qkv, out, lse)
         ctx.heads = heads

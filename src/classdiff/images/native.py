@@ -66,8 +66,8 @@ __all__ = [
 
 SOURCE_DIR = Path(__file__).with_name("_native")
 SOURCES = ("groupnorm.c", "attention.c", "conv.c")  # compiled into one library; common.h is shared
-HEADERS = ("common.h",)
-ABI_VERSION = 3
+HEADERS = ("common.h", "gemm.h")
+ABI_VERSION = 4
 DROP_BITS = 24  # dropout resolution: p is rounded to a multiple of 2^-DROP_BITS
 FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fno-trapping-math"]
 
@@ -407,3 +407,4 @@ def conv_weight_grad(x, grad, kernel: tuple[int, int], stride: int, padding: int
                                padding, torch.get_num_threads()) != 0:
         raise MemoryError("native conv weight gradient: out of scratch memory")
     return dw, db
+

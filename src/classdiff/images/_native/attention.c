@@ -10,107 +10,11 @@
  *             dP = dO V^T, dS = P o (dP - rowsum(dO o O)), dQ = s dS K, dK = s dS^T Q, written into dqkv (B, N, 3 C).
  * Each (b, h) is done by one thread (OpenMP over the B H pairs, static schedule), with its S and dS in that
  * thread's scratch (L2-sized for N up to about 256), so the results do not depend on the number of threads.
- * The products are register-tiled AVX2/FMA kernels (6 x 16 tiles, 12 accumulators, for S = A B^T with the small
- * inner dimension D as for the N-long inner dimension of P V, P^T dO, dS K, dS^T Q); without AVX2, plain loops.
- * D must be a multiple of 8.
+ * The products are the register-tiled kernels of gemm.h (for S = A B^T with the small inner dimension D as for the
+ * N-long inner dimension of P V, P^T dO, dS K, dS^T Q). D must be a multiple of 8.
  */
 #include "common.h"
-
-#define ABT_ROWS 6
-#define AB_ROWS 6
-
-static inline int64_t cd_pad16(int64_t n) { return (n + 15) / 16 * 16; }
-
-#ifdef __AVX2__
-/* One R x 16 tile of C[r][j] = sum_k A[r * lda + k] Bt[k * ldb + j]. */
-static inline __attribute__((always_inline)) void abt_tile(const int R, const float* A, int64_t lda, const float* Bt,
-                                                           int64_t ldb, float* C, int64_t ldc, int64_t K) {
-    __m256 acc0[ABT_ROWS], acc1[ABT_ROWS];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; ++k) {
-        cd_tile_fma(R, 2, acc0, acc1, A + k, lda, _mm256_loadu_ps(Bt + k * ldb), _mm256_loadu_ps(Bt + k * ldb + 8));
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-        _mm256_storeu_ps(C + r * ldc, acc0[r]);
-        _mm256_storeu_ps(C + r * ldc + 8, acc1[r]);
-    }
-}
-#endif
-
-/* C[i * ldc + j] = sum_k A[i * lda + k] Bt[k * ldb + j], i < M, j < Np (a multiple of 16), k < K. */
-static void gemm_abt(const float* A, int64_t lda, const float* Bt, int64_t ldb, float* C, int64_t ldc, int64_t M,
-                     int64_t Np, int64_t K) {
-#ifdef __AVX2__
-    for (int64_t i0 = 0; i0 < M; i0 += ABT_ROWS) {
-        const float* a = A + i0 * lda;
-        float* c = C + i0 * ldc;
-        for (int64_t j = 0; j < Np; j += 16) {
-#define CD_ABT_CASE(R, V) abt_tile(R, a, lda, Bt + j, ldb, c + j, ldc, K)
-            CD_TILE_SWITCH(M - i0 < ABT_ROWS ? M - i0 : ABT_ROWS, 2, CD_ABT_CASE)
-#undef CD_ABT_CASE
-        }
-    }
-#else
-    for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < Np; ++j) {
-            float s = 0.0f;
-            for (int64_t k = 0; k < K; ++k) s += A[i * lda + k] * Bt[k * ldb + j];
-            C[i * ldc + j] = s;
-        }
-#endif
-}
-
-#ifdef __AVX2__
-/* One R x (8 V) tile (R <= 6, V <= 2) of C[r][c] = sum_k A[r * arow + k * astep] B[k * ldb + c]; 12 accumulators,
- * 2 B vectors and a broadcast fit the 16 registers, so each FMA reads its B operand from a register. */
-static inline __attribute__((always_inline)) void ab_tile(const int R, const int V, const float* A, int64_t arow,
-                                                          int64_t astep, const float* B, int64_t ldb, float* C,
-                                                          int64_t ldc, int64_t K) {
-    __m256 acc0[AB_ROWS], acc1[AB_ROWS];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(B + k * ldb);
-        cd_tile_fma(R, V, acc0, acc1, A + k * astep, arow, b0, V > 1 ? _mm256_loadu_ps(B + k * ldb + 8) : b0);
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-        _mm256_storeu_ps(C + r * ldc, acc0[r]);
-        if (V > 1) _mm256_storeu_ps(C + r * ldc + 8, acc1[r]);
-    }
-}
-
-#define CD_AB_CASE(R, V) ab_tile(R, V, a, arow, astep, b, ldb, c, ldc, K)
-static void ab_dispatch(int R, int V, const float* a, int64_t arow, int64_t astep, const float* b, int64_t ldb,
-                        float* c, int64_t ldc, int64_t K) {
-    CD_TILE_SWITCH(R, V, CD_AB_CASE)
-}
-#endif
-
-/* C[i * ldc + c] = sum_k A(i, k) B[k * ldb + c], i < M, c < D (a multiple of 8), k < K, where
- * A(i, k) = A[i * lda + k] (transposed = 0) or A[k * lda + i] (transposed = 1). */
-static void gemm_ab(const float* A, int64_t lda, int transposed, const float* B, int64_t ldb, float* C, int64_t ldc,
-                    int64_t M, int64_t D, int64_t K) {
-    const int64_t arow = transposed ? 1 : lda, astep = transposed ? lda : 1;
-#ifdef __AVX2__
-    for (int64_t i0 = 0; i0 < M; i0 += AB_ROWS) {
-        const int rows = (int)(M - i0 < AB_ROWS ? M - i0 : AB_ROWS);
-        for (int64_t c0 = 0; c0 < D; c0 += 16) {
-            const int vecs = D - c0 >= 16 ? 2 : 1;
-            ab_dispatch(rows, vecs, A + i0 * arow, arow, astep, B + c0, ldb, C + i0 * ldc + c0, ldc, K);
-        }
-    }
-#else
-    for (int64_t i = 0; i < M; ++i)
-        for (int64_t c = 0; c < D; ++c) {
-            float s = 0.0f;
-            for (int64_t k = 0; k < K; ++k) s += A[i * arow + k * astep] * B[k * ldb + c];
-            C[i * ldc + c] = s;
-        }
-#endif
-}
+#include "gemm.h"
 
 /* dst[k * Np + j] = src[j * ld + k] for j < N, k < D; zero for N <= j < Np. */
 static void pack_transposed(const float* src, int64_t ld, int64_t N, int64_t D, int64_t Np, float* dst) {
@@ -196,7 +100,7 @@ int cd_attention_forward(const float* qkv, float* out, float* lse, int64_t B, in
                 const int64_t b = bh / H, h = bh % H;
                 const float* q = qkv + b * N * ld + h * D;
                 pack_transposed(q + C, ld, N, D, Np, kt);
-                gemm_abt(q, ld, kt, Np, s, Np, N, Np, D);
+                cd_gemm(q, ld, 1, kt, Np, s, Np, N, Np, D);
                 float* l = lse + bh * N;
                 for (int64_t i = 0; i < N; ++i) {  /* unnormalised probabilities exp(S - max), their row sums */
                     float* row = s + i * Np;
@@ -206,7 +110,7 @@ int cd_attention_forward(const float* qkv, float* out, float* lse, int64_t B, in
                     l[i] = m + logf(sum);
                 }
                 float* o = out + b * N * C + h * D;
-                gemm_ab(s, Np, 0, q + 2 * C, ld, o, C, N, D, N);
+                cd_gemm(s, Np, 1, q + 2 * C, ld, o, C, N, D, N);
                 for (int64_t i = 0; i < N; ++i)
                     for (int64_t c = 0; c < D; ++c) o[i * C + c] *= inv[i];
             }
@@ -240,14 +144,14 @@ int cd_attention_backward(const float* qkv, const float* out, const float* dout,
                 const float* l = lse + bh * N;
                 pack_transposed(q + C, ld, N, D, Np, kt);
                 pack_transposed(q + 2 * C, ld, N, D, Np, vt);
-                gemm_abt(q, ld, kt, Np, p, Np, N, Np, D);  /* Q K^T, then P = exp(s Q K^T - lse) */
+                cd_gemm(q, ld, 1, kt, Np, p, Np, N, Np, D);  /* Q K^T, then P = exp(s Q K^T - lse) */
                 for (int64_t i = 0; i < N; ++i) exp_row(p + i * Np, N, scale, l[i]);
-                gemm_ab(p, Np, 1, dout_b, C, dq + 2 * C, ld, N, D, N);  /* dV = P^T dO */
-                gemm_abt(dout_b, C, vt, Np, ds, Np, N, Np, D);          /* dP = dO V^T */
+                cd_gemm(p, 1, Np, dout_b, C, dq + 2 * C, ld, N, D, N);  /* dV = P^T dO */
+                cd_gemm(dout_b, C, 1, vt, Np, ds, Np, N, Np, D);          /* dP = dO V^T */
                 for (int64_t i = 0; i < N; ++i)  /* dS = s P o (dP - rowsum(dO o O)), over dP */
                     softmax_grad_row(ds + i * Np, p + i * Np, N, scale, dot(dout_b + i * C, o + i * C, D));
-                gemm_ab(ds, Np, 0, q + C, ld, dq, ld, N, D, N);      /* dQ = s dS K */
-                gemm_ab(ds, Np, 1, q, ld, dq + C, ld, N, D, N);      /* dK = s dS^T Q */
+                cd_gemm(ds, Np, 1, q + C, ld, dq, ld, N, D, N);      /* dQ = s dS K */
+                cd_gemm(ds, 1, Np, q, ld, dq + C, ld, N, D, N);      /* dK = s dS^T Q */
             }
         }
         free(kt);

@@ -15,7 +15,7 @@
 #include <omp.h>
 #endif
 
-#define CD_ABI_VERSION 3
+#define CD_ABI_VERSION 4
 
 /* The register-tile kernels take their tile height R (1 .. 6 rows) and width V (1 or 2 vectors of 8) as
  * compile-time constants; CD_TILE_SWITCH(R, V, CASE) calls CASE(r, v) for the run-time pair (R, V). */

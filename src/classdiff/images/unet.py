@@ -18,7 +18,7 @@ Shapes: ``forward(x (B, 1, 28, 28), k (B,) float or int, y (B,) long or None) ->
 How the computation is done (the function and the parameters are those of the layout above; the state_dict
 keys are those of the first, plain version, whose checkpoints load unchanged). Measured with
 ``benchmarks/bench_unet.py`` against diffusers' ``UNet2DModel`` of the same layout, on CPU (2 cores, fp32, paired
-rounds; W = 32, batch 64): 1.23-1.45x its training throughput (the medians of eight runs, six of them 1.30-1.39),
+rounds; W = 32, batch 64): 1.23-1.45x its training throughput (the medians of eight runs, six of them 1.29-1.40),
 and 1.10-1.17x for this model's PyTorch path (the native kernels switched off) timed beside them in four of those
 runs; 1.32x (PyTorch path 1.10x) for the layout of ``experiments/fashion_cpu.toml``.
 

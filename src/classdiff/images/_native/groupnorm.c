@@ -164,7 +164,8 @@ static void sample_affine(const float* w, const float* bias, const float* eb, co
     }
 }
 
-/* y (B, P, C) = silu?(GroupNorm(x + e)) (times the dropout mask when drop_threshold > 0); mean, rstd (B, G) written. Returns 0, or -1 if scratch memory ran out. */
+/* y (B, P, C) = silu?(GroupNorm(x + e)) (times the dropout mask when drop_threshold > 0); mean, rstd (B, G)
+ * written. Returns 0, or -1 if scratch memory ran out. */
 int cd_group_norm_forward(const float* x, const float* offset, const float* weight, const float* bias, float* y,
                           double* mean_out, double* rstd_out, int64_t B, int64_t P, int64_t C, int64_t G, double eps,
                           int silu, uint64_t seed, uint32_t drop_threshold, int threads) {
@@ -212,9 +213,9 @@ int cd_group_norm_forward(const float* x, const float* offset, const float* weig
     return failed ? -1 : 0;
 }
 
-/* From gy = dL/dy (B, P, C), and the forward's seed and drop_threshold: dx (B, P, C) = dL/du when dx is not NULL (it may not alias gy or x), and per (b, c)
- * (B x C, double): dweight_part = sum_p gz uhat, dbias_part = sum_p gz, doffset = sum_p du (when not NULL; needs
- * dx). Returns 0, or -1 if scratch memory ran out. */
+/* From gy = dL/dy (B, P, C), and the forward's seed and drop_threshold: dx (B, P, C) = dL/du when dx is not NULL
+ * (it may not alias gy or x), and per (b, c) (B x C, double): dweight_part = sum_p gz uhat, dbias_part = sum_p gz,
+ * doffset = sum_p du (when not NULL; needs dx). Returns 0, or -1 if scratch memory ran out. */
 int cd_group_norm_backward(const float* gy, const float* x, const float* offset, const float* weight,
                            const float* bias, const double* mean_in, const double* rstd_in, float* dx,
                            double* dweight_part, double* dbias_part, double* doffset, int64_t B, int64_t P, int64_t C,

@@ -29,10 +29,10 @@ def import_time(stmt: str, repeats: int = 5) -> float:
 
 def ratios() -> list[dict]:
     """Rows for ``make bench``: measured figure, its reference, ratio and target."""
-    from classdiff.mixture import GaussianMixture
+    from classdiff.data.mixture import GaussianMixture
 
     base = import_time("pass")
-    imp = import_time("import classdiff, classdiff.mixture, classdiff.config, classdiff.process") - base
+    imp = import_time("import classdiff, classdiff.data.mixture, classdiff.core.config, classdiff.data.process") - base
     rng = np.random.default_rng(0)
     k, d, n = 10, 784, 100_000
     gm = GaussianMixture(rng.dirichlet(np.ones(k)), rng.standard_normal((k, d)), rng.uniform(0.5, 2.0, k))
@@ -49,7 +49,7 @@ def ratios() -> list[dict]:
 def main() -> None:
     base = import_time("pass")
     rows = []
-    for stmt in ("import classdiff", "import classdiff.mixture, classdiff.config, classdiff.process, classdiff.features"):
+    for stmt in ("import classdiff", "import classdiff.data.mixture, classdiff.core.config, classdiff.data.process, classdiff.rf.features"):
         t = import_time(stmt)
         rows.append([stmt, t, t - base, "torch" if "torch" in subprocess.run(
             [sys.executable, "-c", stmt + "; import sys; print(' '.join(sys.modules))"], capture_output=True,
@@ -57,7 +57,7 @@ def main() -> None:
     print_table("import time (s), interpreter start subtracted in column 3", ["statement", "wall", "import", "torch?"],
                 rows)
 
-    from classdiff.mixture import GaussianMixture
+    from classdiff.data.mixture import GaussianMixture
 
     rng = np.random.default_rng(0)
     k, d, n = 10, 784, 100_000

@@ -23,7 +23,7 @@ from _table import print_table
 
 
 def _data(n_queries: int, n_refs: int):
-    from classdiff.images.fashion_mnist import DataFileError, load_fashion_mnist, to_model_space
+    from classdiff.data.fashion_mnist import DataFileError, load_fashion_mnist, to_model_space
 
     rng = np.random.default_rng(0)
     try:

@@ -55,8 +55,8 @@ import scipy.linalg
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import print_table
-from classdiff.mixture import GaussianMixture
-from classdiff.rf_model import RandomFeaturesScore, _rotate, noise_averaged_moments
+from classdiff.data.mixture import GaussianMixture
+from classdiff.rf.model import RandomFeaturesScore, _rotate, noise_averaged_moments
 
 TARGET_SPEEDUP = 1000.0
 MEMORY_LIMIT_GIB = 2.0
@@ -105,7 +105,7 @@ def closed_form_vs_gd(d: int, p: int, n: int, gd_prefix_steps: int, repeats: int
                       verbose: bool = True) -> dict[str, Any]:
     import torch
 
-    from classdiff.rf_training import gd_learning_rate, train_random_features
+    from classdiff.rf.training import gd_learning_rate, train_random_features
 
     torch.set_num_threads(1)
     gm = two_class_mixture(d)

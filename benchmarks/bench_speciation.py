@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import print_table
-from classdiff.backward import integrate, sample_initial, time_grid
-from classdiff.mixture import GaussianMixture, make_centroids
+from classdiff.data.backward import integrate, sample_initial, time_grid
+from classdiff.data.mixture import GaussianMixture, make_centroids
 
 N_FULL, STEPS_FULL, DIM, TARGET_S = 10_000, 1000, 1024, 60.0
 
@@ -121,7 +121,7 @@ def main() -> None:
     if args.no_check:
         return
 
-    from classdiff.speciation import commitment_curves, simulate_commitment
+    from classdiff.theory.speciation import commitment_curves, simulate_commitment
 
     gm_small = mixture(256, (0.9, 0.1))
     branch = np.linspace(3.5, 1.5, 9)

@@ -75,9 +75,9 @@ def load_average() -> str:
 
 
 def ratios(quick: bool = False) -> list[dict]:
-    from classdiff.config import Config
-    from classdiff.spectrum import FeatureSpectrum
-    from classdiff.spectrum_sampling import sample_ge_covariance
+    from classdiff.core.config import Config
+    from classdiff.rf.sampled_spectrum import sample_ge_covariance
+    from classdiff.theory.spectrum import FeatureSpectrum
 
     quick = quick or os.environ.get("CLASSDIFF_BENCH_QUICK") == "1"
     # the speed rows are always at the target size p = 4000 (d = 2000); --quick only shrinks the accuracy check

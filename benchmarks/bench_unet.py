@@ -54,7 +54,7 @@ PAPER_LAYOUT = {"channel_mults": (1, 2, 4), "attention": (False, True, True), "n
 def layout_from_config(path: str) -> tuple[int, int, dict]:
     """(width, batch, layout) of the ``[images]`` section of an experiment config (e.g. experiments/fashion_cpu.toml),
     for timing the network a config trains; ``layout`` has the keys of ``PAPER_LAYOUT``."""
-    from classdiff.config import load_config
+    from classdiff.core.config import load_config
 
     im = load_config(path).images
     layout = {"channel_mults": tuple(im.channel_mults), "attention": tuple(im.attention),

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from classdiff.config import Config
-from classdiff.mixture import GaussianMixture
+from classdiff.core.config import Config
+from classdiff.data.mixture import GaussianMixture
 
 
 def slow_point(config: Config) -> dict:

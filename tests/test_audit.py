@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from classdiff.audit import class_statistics, load_labelled
-from classdiff.config import MixtureConfig
-from classdiff.mixture import GaussianMixture
+from classdiff.core.config import MixtureConfig
+from classdiff.data.mixture import GaussianMixture
+from classdiff.theory.audit import class_statistics, load_labelled
 
 
 def _data(n=400, d=40):

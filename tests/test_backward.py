@@ -1,9 +1,9 @@
-"""Backward integrators and the cloning machinery (classdiff.backward), against independent computations."""
+"""Backward integrators and the cloning machinery (classdiff.data.backward), against independent computations."""
 
 import numpy as np
 import pytest
 
-from classdiff.backward import (
+from classdiff.data.backward import (
     MixtureScore,
     agreement_by_class,
     bootstrap_agreement,
@@ -15,8 +15,8 @@ from classdiff.backward import (
     snap_to_grid,
     time_grid,
 )
-from classdiff.mixture import GaussianMixture, empirical_score, make_centroids
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.mixture import GaussianMixture, empirical_score, make_centroids
+from classdiff.data.process import noise_variance, signal_scale
 
 torch = pytest.importorskip("torch")
 
@@ -227,7 +227,7 @@ def test_fused_path_equals_generic_path_for_every_backend_and_rank(backend, dtyp
 def test_results_do_not_depend_on_threads_and_follow_the_block_layout(backend, dtype, one_torch_thread):
     """Seed layout: rows are cut into blocks of NOISE_BLOCK, each with its own stream, so threads change
     nothing and the first block's trajectories are the same whatever other rows are simulated."""
-    from classdiff.backward import NOISE_BLOCK, _openblas_thread_setters
+    from classdiff.data.backward import NOISE_BLOCK, _openblas_thread_setters
 
     gm = GaussianMixture([0.6, 0.4], make_centroids(8, [1.0, 1.0], "antipodal", 0), [1.0, 1.0])
     n = 2 * NOISE_BLOCK + 37
@@ -261,7 +261,7 @@ def test_results_do_not_depend_on_threads_and_follow_the_block_layout(backend, d
 def test_box_muller_float32_noise_is_standard_normal():
     from scipy import stats
 
-    from classdiff.backward import _BoxMuller32
+    from classdiff.data.backward import _BoxMuller32
 
     gen = _BoxMuller32(np.random.SeedSequence(0))
     z = np.empty(400_001, dtype=np.float32)
@@ -277,7 +277,7 @@ def test_box_muller_float32_noise_is_standard_normal():
 def test_whole_array_fused_path_matches_block_path(monkeypatch, one_torch_thread):
     """The GPU code path (fused step on the whole array, noise still drawn block by block), run on the CPU,
     gives the block-by-block result up to float32 rounding."""
-    from classdiff import backward
+    from classdiff.data import backward
 
     gm = GaussianMixture([0.7, 0.3], make_centroids(16, [1.0, 0.7], "random", 1), [0.6, 1.4])
     x0 = sample_initial(gm, 600, 3.0, 2)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from classdiff import cli
+from classdiff.commands import cli
 
 DESIGN_COMMANDS = ["demo", "spectrum", "dynamics", "timescales", "speciation", "train", "evaluate", "sweep", "report"]
 
@@ -28,7 +28,7 @@ def test_no_command_prints_help(capsys):
 
 
 def test_import_classdiff_does_not_import_torch():
-    code = "import classdiff, classdiff.mixture, classdiff.config, classdiff.cli, sys; print('torch' in sys.modules)"
+    code = "import classdiff, classdiff.data.mixture, classdiff.core.config, classdiff.commands.cli, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

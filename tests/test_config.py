@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from classdiff.config import Config, ConfigError, MixtureConfig, load_config, save_config, to_toml
+from classdiff.core.config import Config, ConfigError, MixtureConfig, load_config, save_config, to_toml
 
 GOOD = """
 [mixture]

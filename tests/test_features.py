@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from classdiff.features import ACTIVATIONS, activation, activation_derivative, equivalence_constants
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.process import noise_variance, signal_scale
+from classdiff.rf.features import ACTIVATIONS, activation, activation_derivative, equivalence_constants
 
 
 def _gauss_expect(f, mean: float, std: float) -> float:

@@ -11,8 +11,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from classdiff.images import fashion_mnist as fm
-from classdiff.images.stats import image_class_statistics, theory_config
+from classdiff.data import fashion_mnist as fm
+from classdiff.theory.data_statistics import image_class_statistics, theory_config
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ def test_class_statistics_against_direct_computation():
 def test_predicted_order_maps_labels_and_is_guarded(monkeypatch):
     import sys
 
-    from classdiff.images.stats import predicted_order
+    from classdiff.theory.data_statistics import predicted_order
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0.3, 0.5, (60, 40)), rng.normal(-0.3, 1.0, (20, 40))])
@@ -192,6 +192,6 @@ def test_predicted_order_maps_labels_and_is_guarded(monkeypatch):
         assert [c["label"] for c in res["classes"]] == [2, 5]
         assert sorted(res["learning_order"]) == [2, 5] and sorted(res["memorization_order"]) == [2, 5]
         assert res["psi_n"] == pytest.approx(80 / 40)
-    monkeypatch.setitem(sys.modules, "classdiff.timescales", None)  # the theory module missing
+    monkeypatch.setitem(sys.modules, "classdiff.theory.timescales", None)  # the theory module missing
     res = predicted_order(st)
-    assert res["available"] is False and "classdiff.timescales is not available" in res["reason"]
+    assert res["available"] is False and "classdiff.theory.timescales is not available" in res["reason"]

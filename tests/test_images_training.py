@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from classdiff.config import Config, ImagesConfig, save_config
+from classdiff.core.config import Config, ImagesConfig, save_config
+from classdiff.data.fashion_mnist import write_synthetic_fashion_mnist
+from classdiff.data.process import ddpm_alpha_bar, ddpm_time
 from classdiff.images.ddpm import (
     DDPMSchedule,
     batch_indices,
@@ -26,10 +28,8 @@ from classdiff.images.ddpm import (
     make_optimizer,
     train_unet,
 )
-from classdiff.images.fashion_mnist import write_synthetic_fashion_mnist
 from classdiff.images.sampling import ddim_sample, ddim_steps, fixed_noise
 from classdiff.images.unet import UNet
-from classdiff.process import ddpm_alpha_bar, ddpm_time
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -168,7 +168,7 @@ def _train_script(config_path, out, data_dir) -> str:
     return textwrap.dedent(f"""
         import torch
         torch.set_num_threads(1)
-        from classdiff.config import load_config
+        from classdiff.core.config import load_config
         from classdiff.images.ddpm import train_unet
         r = train_unet(load_config({str(config_path)!r}), {str(out)!r}, data_root={str(data_dir)!r}, progress=False)
         print("RESUMED_FROM", r["resumed_from"])
@@ -211,7 +211,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
 
 
 def test_train_and_evaluate_cli(tmp_path, data_dir, monkeypatch):
-    from classdiff import cli
+    from classdiff.commands import cli
 
     monkeypatch.setenv("CLASSDIFF_CACHE", str(tmp_path / "cache"))
     cfg_path = save_config(Config(images=tiny(steps=30, n_checkpoints=3)), tmp_path / "c.toml")
@@ -240,7 +240,7 @@ def test_train_and_evaluate_cli(tmp_path, data_dir, monkeypatch):
 
 
 def test_subset_larger_than_class_is_a_clear_cli_error(tmp_path, data_dir, capsys):
-    from classdiff import cli
+    from classdiff.commands import cli
 
     cfg_path = save_config(Config(images=tiny(counts=(16, 25))), tmp_path / "c.toml")
     assert cli.main(["train", str(cfg_path), "--out", str(tmp_path / "r"), "--data-dir", str(data_dir)]) == 1

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from classdiff.config import MixtureConfig
-from classdiff.mixture import (
+from classdiff.core.config import MixtureConfig
+from classdiff.data.mixture import (
     GaussianMixture,
     class_counts,
     empirical_denoiser,
@@ -13,7 +13,7 @@ from classdiff.mixture import (
     empirical_score,
     make_centroids,
 )
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.process import noise_variance, signal_scale
 
 
 def _mixture(k: int, d: int, seed: int = 0, diagonal: bool = False) -> GaussianMixture:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from classdiff.process import (
+from classdiff.data.process import (
     ddpm_alpha_bar,
     ddpm_time,
     diffuse,

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from classdiff.config import Config, save_config
-from classdiff.io import save_figure, write_json_atomic
-from classdiff.report import render_html, write_report
+from classdiff.commands.report import render_html, write_report
+from classdiff.core.config import Config, save_config
+from classdiff.core.io import save_figure, write_json_atomic
 
 
 def _make_run(tmp_path):

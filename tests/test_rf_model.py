@@ -13,10 +13,10 @@ from scipy import integrate
 from scipy.linalg import expm
 from scipy.stats import wasserstein_distance
 
-from classdiff.config import Config
-from classdiff.mixture import GaussianMixture
-from classdiff.process import noise_variance, signal_scale
-from classdiff.rf_model import (
+from classdiff.core.config import Config
+from classdiff.data.mixture import GaussianMixture
+from classdiff.data.process import noise_variance, signal_scale
+from classdiff.rf.model import (
     RandomFeaturesScore,
     dynamics_from_config,
     hermite_coefficients,
@@ -74,7 +74,7 @@ def two_class():
 
 @pytest.mark.parametrize("name", ["tanh", "erf", "relu", "identity"])
 def test_hermite_coefficients_by_scipy_quadrature(name):
-    from classdiff.features import activation
+    from classdiff.rf.features import activation
 
     sig = activation(name)
     m, s = 0.37, 0.45
@@ -153,7 +153,7 @@ def _naive_series(x0, W, name, time, order, n_nodes=120):
     quadrature tensor (120 nodes), entrywise powers R^k, sum over k term by term, exact diagonal."""
     from numpy.polynomial.hermite_e import hermevander
 
-    from classdiff.features import activation, gauss_hermite
+    from classdiff.rf.features import activation, gauss_hermite
 
     n, d = x0.shape
     r = (W * W).sum(1) / d
@@ -202,7 +202,7 @@ def test_hermite_fast_paths_equal_the_generic_quadrature():
     from numpy.polynomial.hermite_e import hermevander
     from scipy.special import erf
 
-    from classdiff.features import gauss_hermite
+    from classdiff.rf.features import gauss_hermite
 
     rng = np.random.default_rng(22)
     m = 0.8 * rng.standard_normal((37, 29))
@@ -230,7 +230,7 @@ def test_hermite_fast_paths_equal_the_generic_quadrature():
 
 
 def test_rotations_and_quadratic_rows_equal_direct_products():
-    from classdiff.rf_model import _quadratic_rows, _rotate
+    from classdiff.rf.model import _quadratic_rows, _rotate
 
     rng = np.random.default_rng(23)
     p = 40
@@ -441,8 +441,8 @@ def test_unequal_variances_give_different_ordered_timescales():
 
 
 def test_dynamics_command_json_and_figures(tmp_path, capsys):
-    from classdiff import cli
-    from classdiff.config import save_config
+    from classdiff.commands import cli
+    from classdiff.core.config import save_config
 
     cfg = tmp_path / "c.toml"
     save_config(_two_class_config(**{"training.seeds": 1, "training.n_times": 20}), cfg)

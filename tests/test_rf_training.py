@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from classdiff.mixture import GaussianMixture  # noqa: E402
-from classdiff.rf_model import RandomFeaturesScore  # noqa: E402
-from classdiff.rf_training import gd_learning_rate, train_random_features  # noqa: E402
+from classdiff.data.mixture import GaussianMixture  # noqa: E402
+from classdiff.rf.model import RandomFeaturesScore  # noqa: E402
+from classdiff.rf.training import gd_learning_rate, train_random_features  # noqa: E402
 
 TAU = np.geomspace(0.1, 300, 12)
 KEYS = ("train_loss", "test_loss", "score_error")

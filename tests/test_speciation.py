@@ -1,4 +1,4 @@
-"""Speciation theory (classdiff.speciation) against independent computations, and against cloning simulations."""
+"""Speciation theory (classdiff.theory.speciation) against independent computations, and against cloning simulations."""
 
 import json
 import subprocess
@@ -10,9 +10,9 @@ from scipy.integrate import quad
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from classdiff.config import Config
-from classdiff.mixture import GaussianMixture, make_centroids
-from classdiff.speciation import (
+from classdiff.core.config import Config
+from classdiff.data.mixture import GaussianMixture, make_centroids
+from classdiff.theory.speciation import (
     balanced_snr,
     closed_form_speciation_times,
     collapse_time,

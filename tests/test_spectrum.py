@@ -11,13 +11,13 @@ import pytest
 from scipy.integrate import cumulative_trapezoid
 from scipy.linalg import eigh
 
-from classdiff.config import Config
-from classdiff.features import equivalence_constants
-from classdiff.process import noise_variance, signal_scale
-from classdiff.spectrum import FeatureSpectrum, spectrum_from_config
-from classdiff.spectrum_equations import feature_types, resolvent_parts
-from classdiff.spectrum_sampling import sample_ge_covariance, sample_true_covariance
-from classdiff.spectrum_solver import solve_points
+from classdiff.core.config import Config
+from classdiff.data.process import noise_variance, signal_scale
+from classdiff.rf.features import equivalence_constants
+from classdiff.rf.sampled_spectrum import sample_ge_covariance, sample_true_covariance
+from classdiff.theory.equations import feature_types, resolvent_parts
+from classdiff.theory.solver import solve_points
+from classdiff.theory.spectrum import FeatureSpectrum, spectrum_from_config
 
 BASE = {"mixture.dim": 300, "model.psi_p": 2.0, "model.psi_n": 1.5, "model.time": 0.1, "theory.n_lambda": 400,
         "theory.n_scan": 250}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classdiff.config import Config
-from classdiff.spectrum import FeatureSpectrum
-from classdiff.spectrum_equations import feature_types, fixed_point_map, map_and_jacobian
-from classdiff.spectrum_solver import _cramer, solve_on_line
+from classdiff.core.config import Config
+from classdiff.theory.equations import feature_types, fixed_point_map, map_and_jacobian
+from classdiff.theory.solver import _cramer, solve_on_line
+from classdiff.theory.spectrum import FeatureSpectrum
 
 
 @pytest.mark.parametrize("k,centroids", [(1, False), (2, False), (3, False), (1, True), (2, True), (3, True)])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from classdiff.config import Config, ConfigError, save_config
-from classdiff.sweep import grid_points, run_sweep
+from classdiff.commands.sweep import grid_points, run_sweep
+from classdiff.core.config import Config, ConfigError, save_config
 
 HERE = Path(__file__).parent
 

@@ -1,7 +1,7 @@
 """Predicted per-class timescales vs the closed-form random-features dynamics, internal identities, and the claims.
 
-The measured side is :class:`classdiff.rf_model.RandomFeaturesScore` (exact tanh features, exact noise average,
-fresh test points), read off with the same :mod:`classdiff.readoff` functions as the theory.
+The measured side is :class:`classdiff.rf.model.RandomFeaturesScore` (exact tanh features, exact noise average,
+fresh test points), read off with the same :mod:`classdiff.core.readoff` functions as the theory.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classdiff.config import Config
-from classdiff.phase import centroid_vs_variance, reversal_boundary, variance_imbalance_diagram
-from classdiff.spectrum import FeatureSpectrum, types_from_config
-from classdiff.spectrum_losses import LossModel, mean_type_approximation
-from classdiff.timescales import class_timescales, timescales_from_config
+from classdiff.core.config import Config
+from classdiff.theory.losses import LossModel, mean_type_approximation
+from classdiff.theory.phase import centroid_vs_variance, reversal_boundary, variance_imbalance_diagram
+from classdiff.theory.spectrum import FeatureSpectrum, types_from_config
+from classdiff.theory.timescales import class_timescales, timescales_from_config
 
 TAU = np.geomspace(0.1, 1e5, 120)
 BASE = {"mixture.dim": 50, "training.tau_min": 0.1, "training.tau_max": 1e5, "training.n_times": 120,
@@ -46,8 +46,8 @@ def setting_config(psi_p, psi_n, t, var, w, m) -> Config:
 
 def measured_timescales(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form RF dynamics (exact features), as rf_model.dynamics_from_config, with a lighter test estimate."""
-    from classdiff.mixture import GaussianMixture
-    from classdiff.rf_model import RandomFeaturesScore
+    from classdiff.data.mixture import GaussianMixture
+    from classdiff.rf.model import RandomFeaturesScore
 
     mixture = GaussianMixture.from_config(cfg.mixture)
     d = cfg.mixture.dim
@@ -184,8 +184,8 @@ def test_unknown_predictor_is_a_clear_error():
 def test_timescales_command_writes_phase_diagrams(tmp_path, predictor):
     import json
 
-    from classdiff import cli
-    from classdiff.config import save_config
+    from classdiff.commands import cli
+    from classdiff.core.config import save_config
 
     cfg = Config().with_overrides(PHASE | {"mixture.dim": 30, "theory.phase_points": 2, "training.n_times": 40,
                                            "training.tau_min": 0.1, "training.tau_max": 1e4,

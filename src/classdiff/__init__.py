@@ -15,17 +15,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Config": "classdiff.config",
-    "ConfigError": "classdiff.config",
-    "load_config": "classdiff.config",
-    "save_config": "classdiff.config",
-    "GaussianMixture": "classdiff.mixture",
-    "empirical_score": "classdiff.mixture",
-    "equivalence_constants": "classdiff.features",
-    "RandomFeaturesScore": "classdiff.rf_model",
-    "FeatureSpectrum": "classdiff.spectrum",
-    "class_timescales": "classdiff.timescales",
-    "speciation_times": "classdiff.speciation",
+    "Config": "classdiff.core.config",
+    "ConfigError": "classdiff.core.config",
+    "load_config": "classdiff.core.config",
+    "save_config": "classdiff.core.config",
+    "GaussianMixture": "classdiff.data.mixture",
+    "empirical_score": "classdiff.data.mixture",
+    "equivalence_constants": "classdiff.rf.features",
+    "RandomFeaturesScore": "classdiff.rf.model",
+    "FeatureSpectrum": "classdiff.theory.spectrum",
+    "class_timescales": "classdiff.theory.timescales",
+    "speciation_times": "classdiff.theory.speciation",
     "train_unet": "classdiff.images.ddpm",
     "memorization_by_class": "classdiff.images.memorization",
 }

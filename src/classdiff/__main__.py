@@ -1,3 +1,3 @@
-from classdiff.cli import entry
+from classdiff.commands.cli import entry
 
 entry()

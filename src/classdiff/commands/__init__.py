@@ -1,1 +1,1 @@
-"""One module per CLI command; see :mod:`classdiff.cli` for the interface every module follows."""
+"""One module per CLI command; see :mod:`classdiff.commands.cli` for the interface every module follows."""

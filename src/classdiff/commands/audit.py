@@ -17,8 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
-    from classdiff.audit import audit, load_labelled
-    from classdiff.config import load_config
+    from classdiff.core.config import load_config
+    from classdiff.theory.audit import audit, load_labelled
 
     base = load_config(args.config)
     overrides = {k: v for k, v in (("model.psi_p", args.psi_p), ("model.time", args.time)) if v is not None}
@@ -39,7 +39,7 @@ def _plot(result: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     classes = result["classes"]
     labels = [str(c["label"]) for c in classes]

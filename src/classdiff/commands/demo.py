@@ -35,10 +35,10 @@ def default_config_path() -> Path:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
-    from classdiff.cli import main as cli_main
-    from classdiff.config import load_config, save_config
-    from classdiff.io import read_json
-    from classdiff.report import write_report
+    from classdiff.commands.cli import main as cli_main
+    from classdiff.commands.report import write_report
+    from classdiff.core.config import load_config, save_config
+    from classdiff.core.io import read_json
 
     config_path = args.config or default_config_path()
     config = load_config(config_path)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     _overlay_figure(results, out)
     result = {"description": "classdiff demo: theory and measurement per class", "config": str(config_path),
               "stages": stages, "summary": summary}
-    from classdiff.io import write_json_atomic
+    from classdiff.core.io import write_json_atomic
 
     write_json_atomic(out / "results.json", result)
     report = write_report(out, title="classdiff demo")
@@ -144,7 +144,7 @@ def _overlay_figure(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     tau = np.array([np.inf if v is None else v for v in dyn["tau"]], dtype=float)
     finite = np.isfinite(tau) & (tau > 0)

@@ -1,6 +1,6 @@
 """``classdiff dynamics CONFIG``: per-class train / test loss and score error of the RF model over training time.
 
-Runs :func:`classdiff.rf_model.dynamics_from_config` (closed-form gradient flow, exact noise average) and
+Runs :func:`classdiff.rf.model.dynamics_from_config` (closed-form gradient flow, exact noise average) and
 writes ``results.json`` (via the CLI), ``curves.npz`` (tau, per-class curves and standard errors,
 eigenvalues of U) and one figure per class, ``dynamics_class<c>.png/.pdf``, with tau_gen,c and tau_mem,c
 marked. With ``training.method = "iterative"`` the torch trainer (``training.optimizer``, ``training.noise``)
@@ -24,9 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _iterative(config: Any, result: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from classdiff.mixture import GaussianMixture
-    from classdiff.rf_model import RandomFeaturesScore
-    from classdiff.rf_training import gd_learning_rate, train_random_features
+    from classdiff.data.mixture import GaussianMixture
+    from classdiff.rf.model import RandomFeaturesScore
+    from classdiff.rf.training import gd_learning_rate, train_random_features
 
     mc, model, tr = config.mixture, config.model, config.training
     mixture = GaussianMixture.from_config(mc)
@@ -52,7 +52,7 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     cl = result["classes"][c]
     tau = np.asarray(result["tau"])
@@ -84,9 +84,9 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import numpy as np
 
-    from classdiff.config import load_config
-    from classdiff.io import save_npz_atomic
-    from classdiff.rf_model import dynamics_from_config
+    from classdiff.core.config import load_config
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.rf.model import dynamics_from_config
 
     config = load_config(args.config)
     if args.seeds is not None:

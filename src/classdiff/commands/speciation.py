@@ -23,9 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Path) -> dict:
     import numpy as np
 
-    from classdiff.config import load_config
-    from classdiff.io import save_npz_atomic
-    from classdiff.speciation import speciation_from_config
+    from classdiff.core.config import load_config
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.theory.speciation import speciation_from_config
 
     config = load_config(args.config)
     overrides = {
@@ -59,7 +59,7 @@ def plot_speciation(result: dict, stem: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     curves = result["curves"]
     tt = np.asarray(curves["theory_times"])

@@ -28,7 +28,7 @@ def plot_spectrum(result: dict, stem: Path, sampled=None, title: str = "") -> No
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     lam = np.asarray(result["lambda"], dtype=float)
     dens = np.asarray(result["density"], dtype=float)
@@ -71,16 +71,16 @@ def plot_spectrum(result: dict, stem: Path, sampled=None, title: str = "") -> No
 def run(args: argparse.Namespace, out: Path) -> dict:
     import numpy as np
 
-    from classdiff.config import load_config, save_config
-    from classdiff.io import save_npz_atomic
-    from classdiff.spectrum import spectrum_from_config
+    from classdiff.core.config import load_config, save_config
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.theory.spectrum import spectrum_from_config
 
     config = load_config(args.config)
     save_config(config, out / "config.toml")
     result = spectrum_from_config(config)
     sampled = None
     if args.sampled != "none":
-        from classdiff.spectrum_sampling import sample_ge_covariance, sample_true_covariance
+        from classdiff.rf.sampled_spectrum import sample_ge_covariance, sample_true_covariance
 
         dim = args.sampled_dim or config.theory.sampled_dim or config.mixture.dim
         fn = sample_ge_covariance if args.sampled == "ge" else sample_true_covariance

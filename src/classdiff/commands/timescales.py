@@ -28,7 +28,7 @@ def _plot_curves(result: dict, stem: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     tau = np.asarray(result["tau"])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -55,7 +55,7 @@ def _plot_phase(diag: dict, stem: Path, predictor: str = "theory") -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from classdiff.io import save_figure
+    from classdiff.core.io import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     vi = diag["variance_imbalance"]
@@ -85,9 +85,9 @@ def _plot_phase(diag: dict, stem: Path, predictor: str = "theory") -> None:
 def run(args: argparse.Namespace, out: Path) -> dict:
     import numpy as np
 
-    from classdiff.config import load_config, save_config
-    from classdiff.io import save_npz_atomic
-    from classdiff.timescales import timescales_from_config
+    from classdiff.core.config import load_config, save_config
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.theory.timescales import timescales_from_config
 
     config = load_config(args.config)
     save_config(config, out / "config.toml")
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
                     test_loss=np.array([c["test_loss"] for c in result["classes"]]))
     _plot_curves(result, out / "timescales")
     if args.phase:
-        from classdiff.phase import capacity_diagram, variance_imbalance_diagram
+        from classdiff.theory.phase import capacity_diagram, variance_imbalance_diagram
 
         k = config.theory.phase_points
         tau = np.asarray(result["tau"])

@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
-    from classdiff.config import load_config
+    from classdiff.core.config import load_config
     from classdiff.images.ddpm import train_unet
 
     config = load_config(args.config)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.images.fashion_mnist import cache_dir
+from classdiff.data.fashion_mnist import cache_dir
 
 __all__ = ["classifier_features", "get_classifier", "train_classifier"]
 

@@ -1,8 +1,8 @@
 """DDPM training of the U-Net on an imbalanced Fashion-MNIST subset: resumable, seeded, log-spaced checkpoints.
 
 Forward process (Ho et al. 2020, eq. 4): x_k = sqrt(alpha-bar_k) x_0 + sqrt(1 - alpha-bar_k) eps, k = 0..T-1,
-with alpha-bar from :func:`classdiff.process.ddpm_alpha_bar` (linear 1e-4 -> 0.02 or cosine); the OU time of
-step k is t_k = -(1/2) log alpha-bar_k (:func:`classdiff.process.ddpm_time`). Loss: epsilon-prediction MSE
+with alpha-bar from :func:`classdiff.data.process.ddpm_alpha_bar` (linear 1e-4 -> 0.02 or cosine); the OU time of
+step k is t_k = -(1/2) log alpha-bar_k (:func:`classdiff.data.process.ddpm_time`). Loss: epsilon-prediction MSE
 (Ho et al. eq. 14) with k uniform in {0..T-1}. Adam (or SGD with momentum 0.95, as the precursor), no EMA by
 default (with ``images.ema > 0`` both raw and EMA weights are saved).
 
@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from classdiff.config import Config, ImagesConfig, save_config
-from classdiff.io import jsonable, write_json_atomic
-from classdiff.process import ddpm_alpha_bar, ddpm_time
+from classdiff.core.config import Config, ImagesConfig, save_config
+from classdiff.core.io import jsonable, write_json_atomic
+from classdiff.data.process import ddpm_alpha_bar, ddpm_time
 
 if TYPE_CHECKING:
     import torch
@@ -136,7 +136,7 @@ def load_training_data(cfg: ImagesConfig, data_root: str | Path | None = None) -
     ``counts`` per class. A folder holding a ``SHA256SUMS`` file (``<sha256>  <name>`` lines) is checked
     against it instead of the upstream checksums (used for synthetic test data).
     """
-    from classdiff.images.fashion_mnist import (
+    from classdiff.data.fashion_mnist import (
         SHA256,
         build_subset,
         find_fashion_mnist,
@@ -247,7 +247,7 @@ def train_unet(
 
     loaded = load_training_data(cfg, data_root)
     data = loaded["data"]
-    from classdiff.images.fashion_mnist import to_model_space
+    from classdiff.data.fashion_mnist import to_model_space
 
     x_all = torch.from_numpy(to_model_space(data.train_images[loaded["indices"]])).to(device)
     y_all = torch.from_numpy(_class_index(loaded["labels"], cfg.classes)).to(device)

@@ -8,10 +8,10 @@ For each checkpoint (same DDIM starting noise at every checkpoint):
 * per-class train vs test denoising loss at the DDPM steps closest to the OU times ``loss_times``;
 * classifier-feature Fréchet distance per class, and the class histogram of samples vs the training subset.
 
-Then the measured per-class times, read off with :mod:`classdiff.readoff` over optimizer steps:
+Then the measured per-class times, read off with :mod:`classdiff.core.readoff` over optimizer steps:
 tau_gen,c (test loss at the first loss time), tau_mem,c (its train/test gap) and tau_fmem,c (first step at which
 f_mem,c reaches half its final value), beside the theory's predicted order from the per-class statistics of the
-training subset (:func:`classdiff.images.stats.predicted_order`). The gap is measured from its value at the first
+training subset (:func:`classdiff.theory.data_statistics.predicted_order`). The gap is measured from its value at the first
 checkpoint (the train and test image sets differ, so an untrained network already shows a small gap); a class whose
 gap grows by less than ``MIN_RELATIVE_GAP`` of its final test loss has not memorized within the run: its tau_mem,c
 is reported as ``None`` (not read off a curve that is noise around a constant).
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from classdiff.config import load_config
-from classdiff.io import read_json, save_figure, save_npz_atomic, write_json_atomic
-from classdiff.readoff import crossing_time, generalization_time, memorization_time
+from classdiff.core.config import load_config
+from classdiff.core.io import read_json, save_figure, save_npz_atomic, write_json_atomic
+from classdiff.core.readoff import crossing_time, generalization_time, memorization_time
 
 __all__ = ["MIN_RELATIVE_GAP", "evaluate_run", "format_comparison"]
 
@@ -76,6 +76,7 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     """
     import torch
 
+    from classdiff.data.fashion_mnist import to_model_space
     from classdiff.images.classifier import classifier_features, get_classifier
     from classdiff.images.ddpm import (
         DDPMSchedule,
@@ -86,11 +87,10 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         load_checkpoint,
         load_training_data,
     )
-    from classdiff.images.fashion_mnist import to_model_space
     from classdiff.images.memorization import memorization_by_class
     from classdiff.images.quality import class_histogram, denoising_loss_by_class, frechet_by_class
     from classdiff.images.sampling import ddim_sample, fixed_noise
-    from classdiff.images.stats import image_class_statistics, predicted_order
+    from classdiff.theory.data_statistics import image_class_statistics, predicted_order
 
     run = Path(run_dir)
     if not (run / "config.toml").is_file():
@@ -254,7 +254,7 @@ def _figures(run: Path, classes, steps, mem_records, ltr, lte, t_used, measured,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from classdiff.images.fashion_mnist import CLASS_NAMES
+    from classdiff.data.fashion_mnist import CLASS_NAMES
 
     fig_dir = run / "figures"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -77,7 +77,7 @@ _off = threading.local()
 
 
 def _cache_root() -> Path:
-    from classdiff.images.fashion_mnist import cache_dir
+    from classdiff.data.fashion_mnist import cache_dir
 
     return cache_dir() / "native"
 

@@ -61,11 +61,11 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 from scipy.special import ndtr
 
-from classdiff.features import activation as activation_function
-from classdiff.features import equivalence_constants, gauss_hermite
-from classdiff.mixture import GaussianMixture, TrainingSet
-from classdiff.process import noise_variance, signal_scale
-from classdiff.readoff import generalization_time, memorization_time
+from classdiff.core.readoff import generalization_time, memorization_time
+from classdiff.data.mixture import GaussianMixture, TrainingSet
+from classdiff.data.process import noise_variance, signal_scale
+from classdiff.rf.features import activation as activation_function
+from classdiff.rf.features import equivalence_constants, gauss_hermite
 
 __all__ = [
     "ClassMoments",
@@ -484,7 +484,7 @@ class RandomFeaturesScore:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
-        from classdiff.features import ACTIVATIONS
+        from classdiff.rf.features import ACTIVATIONS
 
         if not isinstance(self.n_features, int | np.integer) or self.n_features < 1:
             raise ValueError(f"n_features = {self.n_features!r}: must be an integer >= 1")
@@ -742,8 +742,8 @@ class RandomFeaturesScore:
     ) -> dict[str, Array]:
         """Per-class tau_gen,c and tau_mem,c read off the closed-form curves on the grid ``tau`` (finite).
 
-        tau_gen,c = :func:`classdiff.readoff.generalization_time` of the test loss (``gen_tolerance``);
-        tau_mem,c = :func:`classdiff.readoff.memorization_time` of the gap L_test - L_train with the final gap
+        tau_gen,c = :func:`classdiff.core.readoff.generalization_time` of the test loss (``gen_tolerance``);
+        tau_mem,c = :func:`classdiff.core.readoff.memorization_time` of the gap L_test - L_train with the final gap
         taken at tau = inf (``mem_fraction``). Returns arrays of shape (K,): ``tau_gen``, ``tau_mem``,
         ``final_gap``, and ``tau_gen_score`` (the same read-off on the score error).
         """
@@ -769,7 +769,7 @@ class RandomFeaturesScore:
             U_GE = (1/n) sum_nu g_nu g_nu^T + sum_c (n_c/n) [ (b_c b_c^T) o W W^T/d + diag(s2_c) ],
             g_nu = kappa0_c + a_c o (e^{-t} W (x_nu - mu_c)/sqrt d) + sqrt(v2_c) o omega_nu,   omega ~ N(0, I_p),
 
-        with the constants of :func:`classdiff.features.equivalence_constants` per class (vectors over i).
+        with the constants of :func:`classdiff.rf.features.equivalence_constants` per class (vectors over i).
         """
         self._check_fitted()
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6E]))
@@ -800,7 +800,7 @@ class RandomFeaturesScore:
 
 
 def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dict[str, Any]:
-    """Closed-form per-class dynamics for a :class:`classdiff.config.Config` (pure function of the config).
+    """Closed-form per-class dynamics for a :class:`classdiff.core.config.Config` (pure function of the config).
 
     For each of ``training.seeds`` seeds s (W, training set and fresh samples seeded by model.seed + s):
     fit :class:`RandomFeaturesScore` with n = round(psi_n d), p = round(psi_p d) on

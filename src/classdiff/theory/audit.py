@@ -7,7 +7,7 @@ Given points ``x`` (n, d) and integer labels ``y`` (n,), the audit
    top eigenvalues of each class covariance (how far the class is from isotropic);
 2. maps those onto the Gaussian mixture the theory handles (isotropic classes with the measured variances,
    weights and centred centroids, ``geometry = "explicit"``) at the random-features settings (psi_p, psi_n, t);
-3. asks :func:`classdiff.timescales.timescales_from_config` for each class's predicted tau_gen and tau_mem,
+3. asks :func:`classdiff.theory.timescales.timescales_from_config` for each class's predicted tau_gen and tau_mem,
    and warns about every class predicted to be memorized before another class has generalized
    (tau_mem,c < max_c' tau_gen,c').
 """
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from classdiff.config import Config
-from classdiff.images.stats import ImageClassStatistics, image_class_statistics, theory_config
+from classdiff.core.config import Config
+from classdiff.theory.data_statistics import ImageClassStatistics, image_class_statistics, theory_config
 
 __all__ = ["audit", "class_statistics", "load_labelled"]
 
@@ -67,7 +67,7 @@ def load_labelled(path: Path) -> tuple[NDArray[np.float64], NDArray]:
 
 def audit(x: ArrayLike, y: ArrayLike, base: Config | None = None) -> dict[str, Any]:
     """Statistics, predicted per-class timescales and orders, and warnings (JSON-able dict)."""
-    from classdiff.timescales import timescales_from_config
+    from classdiff.theory.timescales import timescales_from_config
 
     stats = class_statistics(x, y)
     config = theory_config(stats, base)

@@ -10,7 +10,7 @@ x_bar of the subset, each class c has
 * the top eigenvalues of Sigma_c (how far the class is from the isotropic model sigma_c^2 I_d).
 
 :func:`theory_config` maps them to a ``[mixture]`` section (isotropic classes, explicit centred centroids,
-psi_n = n / d) for :func:`classdiff.timescales.timescales_from_config`.
+psi_n = n / d) for :func:`classdiff.theory.timescales.timescales_from_config`.
 """
 
 from __future__ import annotations
@@ -87,12 +87,12 @@ def image_class_statistics(x: ArrayLike, y: ArrayLike, labels: ArrayLike | None 
 
 
 def theory_config(stats: ImageClassStatistics, base=None):
-    """A :class:`classdiff.config.Config` whose ``[mixture]`` is the isotropic mixture with these statistics.
+    """A :class:`classdiff.core.config.Config` whose ``[mixture]`` is the isotropic mixture with these statistics.
 
     weights = n_c/n, variances = tr(Sigma_c)/d, centroid_norms = m_c, geometry = "explicit" with the centred
     centroids, model.psi_n = n/d; psi_p, t and the theory settings come from ``base`` (default config).
     """
-    from classdiff.config import Config
+    from classdiff.core.config import Config
 
     base = base if base is not None else Config()
     w = stats.counts / stats.counts.sum()
@@ -110,13 +110,13 @@ def theory_config(stats: ImageClassStatistics, base=None):
 def predicted_order(stats: ImageClassStatistics, base=None) -> dict[str, Any]:
     """The theory's per-class tau_gen, tau_mem and orders for these statistics.
 
-    Calls :func:`classdiff.timescales.timescales_from_config` when that module exists; otherwise returns
+    Calls :func:`classdiff.theory.timescales.timescales_from_config` when that module exists; otherwise returns
     ``{"available": False, "reason": ...}`` (the measurement side still runs).
     """
     try:
-        from classdiff.timescales import timescales_from_config
+        from classdiff.theory.timescales import timescales_from_config
     except ImportError as exc:
-        return {"available": False, "reason": f"classdiff.timescales is not available ({exc}); "
+        return {"available": False, "reason": f"classdiff.theory.timescales is not available ({exc}); "
                 "no theory prediction beside the measurement"}
     config = theory_config(stats, base)
     try:

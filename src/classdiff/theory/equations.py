@@ -7,7 +7,7 @@ derives it. Notation (as in ``DESIGN.md`` and ``docs/theory.md``):
 * classes c = 1..K with training fractions rho_c, variances sigma_c^2, centroids mu_c = m_c sqrt(d) u_c;
 * a feature i has a *type*: its pre-activation means m_{c,i} = e^{-t} w_i.mu_c / sqrt(d), jointly Gaussian over
   c with covariance e^{-2t} (mu_c.mu_k / d); the GE constants a_{c,i}, v2_{c,i}, s2_{c,i}, kappa0_{c,i} are
-  functions of the type only (``classdiff.features.equivalence_constants``). Expectations over types are a
+  functions of the type only (``classdiff.rf.features.equivalence_constants``). Expectations over types are a
   quadrature: nodes xi_j with weights omega_j (tensor Gauss–Hermite in the rank r <= 3 of the centroid Gram
   matrix, a seeded scrambled Sobol rule beyond);
 * A_c = e^{-2t} sigma_c^2, Delta = Delta_t, psi_p = p/d, psi_n = n/d.
@@ -33,8 +33,8 @@ from functools import cache, cached_property
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.features import equivalence_constants, gauss_hermite
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.process import noise_variance, signal_scale
+from classdiff.rf.features import equivalence_constants, gauss_hermite
 
 __all__ = ["FeatureTypes", "feature_types", "fixed_point_map", "map_and_jacobian", "residual", "resolvent_parts",
            "unpack"]

@@ -78,10 +78,7 @@ def default_out(command: str) -> Path:
 
 
 def entry() -> None:
-    """The ``classdiff`` console script: tune this process's allocator (:mod:`classdiff.allocator`), run, exit."""
-    from classdiff.allocator import tune_allocator
-
-    tune_allocator()
+    """The ``classdiff`` console script."""
     sys.exit(main())
 
 
@@ -94,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args._built:
         print(f"classdiff {args.command}: not built yet in this version of classdiff.", file=sys.stderr)
         return 2
-    from classdiff.config import ConfigError
-    from classdiff.io import write_json_atomic
+    from classdiff.core.config import ConfigError
+    from classdiff.core.io import write_json_atomic
 
     module = _load(args.command)
     out = Path(args.out) if args.out is not None else default_out(args.command)
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         write_json_atomic(out / "results.json", result)
         if args.json:
-            from classdiff.io import jsonable
+            from classdiff.core.io import jsonable
 
             sys.stdout.write(json.dumps(jsonable(result)) + "\n")
         else:

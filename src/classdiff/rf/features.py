@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import erf, ndtr, roots_hermitenorm
 
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.process import noise_variance, signal_scale
 
 __all__ = ["ACTIVATIONS", "EquivalenceConstants", "activation", "activation_derivative", "equivalence_constants"]
 

@@ -1,4 +1,4 @@
-"""Sampled feature covariances to check the theory of :mod:`classdiff.spectrum` against.
+"""Sampled feature covariances to check the theory of :mod:`classdiff.theory.spectrum` against.
 
 * :func:`sample_ge_covariance` builds the Gaussian-equivalent U of ``docs/theory.md`` §2 exactly from its
   definition, with the per-feature constants evaluated at each feature's actual type
@@ -10,7 +10,7 @@
   K = W W^T/d, z_nu, omega_nu standard Gaussian.
 * :func:`sample_true_covariance` is the noise-averaged U of the tanh (or other) random features on an actual
   training set, computed exactly in the noise by the Mehler series of
-  :func:`classdiff.rf_model.noise_averaged_moments` (an independent implementation).
+  :func:`classdiff.rf.model.noise_averaged_moments` (an independent implementation).
 
 Both return (U (p, p), labels of the n training points) for the sizes p = round(psi_p d), n = round(psi_n d).
 """
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.features import equivalence_constants
-from classdiff.process import signal_scale
+from classdiff.data.process import signal_scale
+from classdiff.rf.features import equivalence_constants
 
 __all__ = ["sample_ge_covariance", "sample_true_covariance"]
 
@@ -32,7 +32,7 @@ Array = NDArray[np.float64]
 
 
 def _setup(config: Any, seed: int, dim: int | None):
-    from classdiff.mixture import GaussianMixture
+    from classdiff.data.mixture import GaussianMixture
 
     mc, model = config.mixture, config.model
     if dim is not None and dim != mc.dim:
@@ -75,7 +75,7 @@ def sample_ge_covariance(config: Any, seed: int = 0, dim: int | None = None) -> 
 def sample_true_covariance(config: Any, seed: int = 0, dim: int | None = None,
                            series_order: int = 8) -> tuple[Array, NDArray[np.int64]]:
     """Exact noise-averaged U (p, p) of the actual random features on a sampled training set (seeded)."""
-    from classdiff.rf_model import noise_averaged_moments
+    from classdiff.rf.model import noise_averaged_moments
 
     config, mixture, _, _, n, W, _ = _setup(config, seed, dim)
     model = config.model

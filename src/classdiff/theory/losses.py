@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.spectrum_equations import FeatureTypes, resolvent_parts
+from classdiff.theory.equations import FeatureTypes, resolvent_parts
 
 __all__ = ["LossModel", "marchenko_pastur_stieltjes", "mean_type_approximation"]
 

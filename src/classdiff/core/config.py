@@ -593,6 +593,6 @@ def to_toml(config: Config) -> str:
 
 def save_config(config: Config, path: str | Path) -> Path:
     """Write ``config`` as TOML, atomically."""
-    from classdiff.io import write_text_atomic
+    from classdiff.core.io import write_text_atomic
 
     return write_text_atomic(Path(path), to_toml(config))

@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from classdiff.mixture import GaussianMixture
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.mixture import GaussianMixture
+from classdiff.data.process import noise_variance, signal_scale
 
 __all__ = [
     "BACKENDS",

@@ -10,10 +10,10 @@
 
 Every grid point is a config derived with ``Config.with_overrides`` and timed by one of two predictors:
 
-* ``predictor="theory"`` (default): :func:`classdiff.timescales.class_timescales`, the deterministic-equivalent
+* ``predictor="theory"`` (default): :func:`classdiff.theory.timescales.class_timescales`, the deterministic-equivalent
   (random-matrix) prediction;
 * ``predictor="dynamics"``: the exact closed-form gradient flow of the random-features model at the config's finite
-  size (d, p = psi_p d, n = psi_n d), :func:`classdiff.rf_model.dynamics_from_config`, times averaged over
+  size (d, p = psi_p d, n = psi_n d), :func:`classdiff.rf.model.dynamics_from_config`, times averaged over
   ``training.seeds`` seeds. It needs no asymptotic closure, and it is the predictor under which the imbalance
   reversal of the paper's claim 3 appears (``docs/theory.md`` §6.1): with class-specific (e.g. orthogonal)
   centroids, the minority class is memorized later and, inside a window of variance ratios that widens with the
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.timescales import class_timescales
+from classdiff.theory.timescales import class_timescales
 
 __all__ = ["PREDICTORS", "capacity_diagram", "centroid_vs_variance", "reversal_boundary", "variance_imbalance_diagram"]
 
@@ -45,7 +45,7 @@ def _times(config: Any, tau: Array, predictor: str = "theory") -> tuple[Array, A
         res = class_timescales(config, tau=tau)
         return res["tau_gen"], res["tau_mem"]
     if predictor == "dynamics":
-        from classdiff.rf_model import dynamics_from_config
+        from classdiff.rf.model import dynamics_from_config
 
         classes = dynamics_from_config(config, tau=tau)["classes"]
         gen = np.array([np.nan if c["tau_gen"] is None else c["tau_gen"] for c in classes])

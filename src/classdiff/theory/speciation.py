@@ -40,8 +40,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import brentq
 from scipy.special import expit
 
-from classdiff.mixture import GaussianMixture
-from classdiff.process import noise_variance, signal_scale
+from classdiff.data.mixture import GaussianMixture
+from classdiff.data.process import noise_variance, signal_scale
 
 __all__ = [
     "THRESHOLD_MODES",
@@ -390,7 +390,7 @@ def simulate_commitment(
     may also be chosen just above the window).
     Returns {"branch_times" (B,), "phi" (B, K), "lo" (B, K), "hi" (B, K), "ends" (B, K)}.
     """
-    from classdiff.backward import (
+    from classdiff.data.backward import (
         agreement_by_class,
         bootstrap_agreement,
         cloning_experiment,
@@ -433,21 +433,21 @@ def simulate_collapse(
 ) -> dict[str, Any]:
     """Cloning with the empirical score of a training set: per-class speciation *and* collapse curves.
 
-    The score is :func:`classdiff.mixture.empirical_score` of ``train_x`` (n, d), which memorizes. Ends are
+    The score is :func:`classdiff.data.mixture.empirical_score` of ``train_x`` (n, d), which memorizes. Ends are
     labelled by the nearest training point: its class gives phi_c(t) (speciation), its index gives the
     collapse curve phi_C,c(t) = P(clone ends on the same training point | original ends in class c).
     Theory: t_C,c = (1/2) log(1 + sigma_c^2 / (n_c^{2/d} - 1)) (:func:`collapse_time`, Biroli et al.),
     asymptotic in d with log n_c / d fixed. Returns {"branch_times" (B,), "phi" (B, K), "phi_lo", "phi_hi",
     "phi_collapse" (B, K), "collapse_lo", "collapse_hi", "t_collapse_theory" (K,)}.
     """
-    from classdiff.backward import (
+    from classdiff.data.backward import (
         agreement_by_class,
         bootstrap_agreement,
         cloning_experiment,
         nearest_point_labeller,
         time_grid,
     )
-    from classdiff.mixture import empirical_score
+    from classdiff.data.mixture import empirical_score
 
     x_train = np.asarray(train_x, dtype=np.float64)
     y_train = np.asarray(train_labels)
@@ -524,7 +524,7 @@ def speciation_from_config(
     covers only [t_end, branch_hi] (see :func:`_simulation_window`), starting from exact draws of P_t there.
     The threshold is applied in the ``absolute`` mode (see :func:`commitment_levels`); the ``relative`` times
     are reported alongside. ``backend``/``device``/``dtype`` select the array back end of the simulation
-    (:mod:`classdiff.backward`; e.g. ``"torch"`` on ``"cuda"``).
+    (:mod:`classdiff.data.backward`; e.g. ``"torch"`` on ``"cuda"``).
     Returns {"classes": [{"label", "weight", "chance_level", "t_speciation_theory", "t_speciation_simulated",
     "t_speciation_closed_form", "t_speciation_relative_theory", "t_speciation_relative_simulated",
     "committed_at_start"}, ...], "t_half_log_lambda", "top_eigenvalue", "curves": {...}, ...}.

@@ -1,7 +1,7 @@
 """Iterative training of the random-features score model with torch (full-batch GD or Adam, CPU or CUDA).
 
-This validates the closed form of :mod:`classdiff.rf_model` and lets one study Adam. The parameters,
-features and per-class evaluation are those of a fitted :class:`~classdiff.rf_model.RandomFeaturesScore`;
+This validates the closed form of :mod:`classdiff.rf.model` and lets one study Adam. The parameters,
+features and per-class evaluation are those of a fitted :class:`~classdiff.rf.model.RandomFeaturesScore`;
 only the dynamics of A differ. Three versions of the training loss (``noise``):
 
 ``"moments"``  L(A) = 1 + (Delta_t/(d p)) tr(A U A^T) + (2 sqrt(Delta_t)/(d sqrt p)) tr(A V) with the model's
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from classdiff.mixture import TrainingSet
-from classdiff.process import signal_scale
-from classdiff.rf_model import RandomFeaturesScore
+from classdiff.data.mixture import TrainingSet
+from classdiff.data.process import signal_scale
+from classdiff.rf.model import RandomFeaturesScore
 
 __all__ = ["TrainingHistory", "gd_learning_rate", "train_random_features"]
 

@@ -1,4 +1,4 @@
-"""Batched Newton solver with continuation for the equations of :mod:`classdiff.spectrum_equations`.
+"""Batched Newton solver with continuation for the equations of :mod:`classdiff.theory.equations`.
 
 Strategy (``docs/theory.md`` §4.4):
 
@@ -6,7 +6,7 @@ Strategy (``docs/theory.md`` §4.4):
    (Qbar ~ -1/z) and iterate it;
 2. continuation in the imaginary part: eps_k = eps_0 * ratio^k down to the target eps, every lambda of the grid
    at once, each level started from the tangent predictor x + (dx/dz) dz, Newton with the analytic Jacobian
-   (:func:`classdiff.spectrum_equations.map_and_jacobian`) and step halving when the residual does not decrease
+   (:func:`classdiff.theory.equations.map_and_jacobian`) and step halving when the residual does not decrease
    or the step leaves the physical branch (Im q >= 0, Im delta_c >= 0 for Im z > 0);
 3. points that fail a level are re-solved with 2, 4, then 8 sub-steps in eps, then by continuation in lambda:
    warm starts from the nearest converged neighbour, with damped Newton;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.spectrum_equations import FeatureTypes, fixed_point_map, map_and_jacobian, pack
+from classdiff.theory.equations import FeatureTypes, fixed_point_map, map_and_jacobian, pack
 
 __all__ = ["initial_guess", "newton", "relative_residual", "solve_on_line", "solve_points"]
 
@@ -106,7 +106,7 @@ def newton(ft: FeatureTypes, z: CArray, x0: CArray, tol: float = 1e-12, max_iter
            tangent: bool = False, max_halvings: int = 12) -> tuple[CArray, Array] | tuple[CArray, Array, CArray]:
     """Damped Newton on R(x) = F(x) - x for a batch of points z (P,), x0 (P, n_unknowns).
 
-    The Jacobian is analytic (:func:`classdiff.spectrum_equations.map_and_jacobian`, evaluated together with F, so
+    The Jacobian is analytic (:func:`classdiff.theory.equations.map_and_jacobian`, evaluated together with F, so
     one map evaluation per iteration when the full step is taken). A step is halved (up to ``max_halvings``
     times) until the residual decreases and the point stays on the physical branch; a point whose step cannot
     be made to decrease the residual stops. Returns the solutions and their relative residuals (P,) and, with

@@ -22,8 +22,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import logsumexp
 
-from classdiff.config import GEOMETRIES, MixtureConfig
-from classdiff.process import noise_variance, signal_scale
+from classdiff.core.config import GEOMETRIES, MixtureConfig
+from classdiff.data.process import noise_variance, signal_scale
 
 __all__ = [
     "GaussianMixture",

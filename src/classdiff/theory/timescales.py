@@ -13,7 +13,7 @@ and factor the conditional mean at fixed lambda ("mode-diagonal closure", docs/t
 with the spectral densities w_VV = Im (1/d) tr(V^T Q V)/pi and w_VS = Im (1/d) tr(V^T Q V_S)/pi, and the
 class moment per mode u_S(lambda) = Im (1/p) tr(U_S Q) / Im q (train moment of class c for its train loss, the
 population moment of class c for its test loss). The per-class curves are read off with the *same* functions
-as the measured curves (:mod:`classdiff.readoff`): tau_gen,c from the test loss (tolerance), tau_mem,c from the
+as the measured curves (:mod:`classdiff.core.readoff`): tau_gen,c from the test loss (tolerance), tau_mem,c from the
 gap test - train reaching ``fraction`` of its tau = infinity value.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from classdiff.readoff import generalization_time, memorization_time
-from classdiff.spectrum import FeatureSpectrum
-from classdiff.spectrum_equations import resolvent_parts
-from classdiff.spectrum_losses import LossModel, mean_type_approximation
+from classdiff.core.readoff import generalization_time, memorization_time
+from classdiff.theory.equations import resolvent_parts
+from classdiff.theory.losses import LossModel, mean_type_approximation
+from classdiff.theory.spectrum import FeatureSpectrum
 
 __all__ = ["class_loss_curves", "class_timescales", "timescales_from_config"]
 
@@ -59,7 +59,7 @@ def spectral_weights(spec: FeatureSpectrum) -> dict[str, Array]:
 def class_loss_curves(spec: FeatureSpectrum, tau: ArrayLike) -> dict[str, Array]:
     """Predicted per-class train and test losses, shape (K, T) each, at training times ``tau`` (T,) (inf allowed).
 
-    Uses the two-resolvent deterministic equivalent of :class:`classdiff.spectrum_losses.LossModel` on the bulk grid
+    Uses the two-resolvent deterministic equivalent of :class:`classdiff.theory.losses.LossModel` on the bulk grid
     of ``spec``, which must have been fitted on one feature type (see :func:`mean_type_approximation`).
     """
     g = spec.grid_
@@ -70,9 +70,9 @@ def class_loss_curves(spec: FeatureSpectrum, tau: ArrayLike) -> dict[str, Array]
 def class_timescales(
     config_or_spectrum: Any, tau: ArrayLike | None = None, tolerance: float = 0.05, fraction: float = 0.5,
 ) -> dict[str, Any]:
-    """Per-class predicted tau_gen,c and tau_mem,c (``classdiff.readoff`` definitions) and the orders.
+    """Per-class predicted tau_gen,c and tau_mem,c (``classdiff.core.readoff`` definitions) and the orders.
 
-    ``config_or_spectrum`` is a :class:`classdiff.config.Config` (then the spectrum is fitted with its
+    ``config_or_spectrum`` is a :class:`classdiff.core.config.Config` (then the spectrum is fitted with its
     ``[theory]`` settings and ``tau``, ``tolerance``, ``fraction`` default to its ``[training]`` settings) or a
     fitted :class:`FeatureSpectrum`. Returns ``tau_gen`` (K,), ``tau_mem`` (K,), ``final_gap`` (K,),
     ``learning_order`` and ``memorization_order`` (class indices, earliest first), and the curves.
@@ -87,7 +87,7 @@ def class_timescales(
     else:
         cfg = config_or_spectrum
         th, tr = cfg.theory, cfg.training
-        from classdiff.spectrum import types_from_config
+        from classdiff.theory.spectrum import types_from_config
 
         ft = mean_type_approximation(types_from_config(cfg))
         # the loss model works on the product of the bulk grid with itself: keep it moderate, smaller for large K
@@ -125,7 +125,7 @@ def _order(times: Array) -> list[int]:
 
 
 def timescales_from_config(config: Any) -> dict[str, Any]:
-    """Pure function of a :class:`classdiff.config.Config`: the ``timescales`` JSON (DESIGN.md keys plus extras)."""
+    """Pure function of a :class:`classdiff.core.config.Config`: the ``timescales`` JSON (DESIGN.md keys plus extras)."""
     res = class_timescales(config)
     mc = config.mixture
     classes = []

@@ -4,8 +4,8 @@
 q(z) = (1/p) tr (U - z)^{-1} on the real axis (z = lambda + i eps, eps -> 0) and returns the density
 rho(lambda) = Im q / pi, the bulks (edges and masses), the delta peak (no centroids, psi_p > 1 + psi_n), the
 outlier eigenvalues created by the class means (centroid spikes) and, per lambda, each class's share of the
-eigenmodes. The equations themselves are in :mod:`classdiff.spectrum_equations`, the solver in
-:mod:`classdiff.spectrum_solver`, sampled matrices for validation in :mod:`classdiff.spectrum_sampling`.
+eigenmodes. The equations themselves are in :mod:`classdiff.theory.equations`, the solver in
+:mod:`classdiff.theory.solver`, sampled matrices for validation in :mod:`classdiff.rf.sampled_spectrum`.
 
 Pipeline of :meth:`FeatureSpectrum.fit`:
 
@@ -31,8 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import brentq
 
-from classdiff.spectrum_equations import FeatureTypes, feature_types, map_and_jacobian, resolvent_parts
-from classdiff.spectrum_solver import newton, relative_residual, solve_on_line
+from classdiff.theory.equations import FeatureTypes, feature_types, map_and_jacobian, resolvent_parts
+from classdiff.theory.solver import newton, relative_residual, solve_on_line
 
 __all__ = ["FeatureSpectrum", "spectrum_from_config", "types_from_config"]
 
@@ -47,12 +47,12 @@ def _interp_rows(t: Array, t_known: Array, x_known: CArray) -> CArray:
 
 
 def types_from_config(config: Any, n_nodes: int | None = None) -> FeatureTypes:
-    """:class:`FeatureTypes` for the ``[mixture]`` and ``[model]`` sections of a :class:`classdiff.config.Config`.
+    """:class:`FeatureTypes` for the ``[mixture]`` and ``[model]`` sections of a :class:`classdiff.core.config.Config`.
 
-    The centroids are those of :func:`classdiff.mixture.make_centroids` (so "random" geometry uses the seeded
+    The centroids are those of :func:`classdiff.data.mixture.make_centroids` (so "random" geometry uses the seeded
     draw); the training fractions rho_c are the exact class counts n_c/n of a training set of n = round(psi_n d).
     """
-    from classdiff.mixture import class_counts, make_centroids
+    from classdiff.data.mixture import class_counts, make_centroids
 
     mc, model = config.mixture, config.model
     mu = make_centroids(mc.dim, mc.centroid_norms, mc.geometry, mc.seed, mc.centroids)
@@ -104,7 +104,7 @@ class FeatureSpectrum:
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self, config_or_types: Any) -> FeatureSpectrum:
-        """Solve the equations for a :class:`classdiff.config.Config` or a :class:`FeatureTypes`."""
+        """Solve the equations for a :class:`classdiff.core.config.Config` or a :class:`FeatureTypes`."""
         if self.n_lambda < 10:
             raise ValueError(f"n_lambda = {self.n_lambda!r}: must be >= 10")
         if not self.epsilon > 0:
@@ -621,7 +621,7 @@ class FeatureSpectrum:
 
     def stieltjes(self, z: Any) -> CArray:
         """q(z) at arbitrary complex points (Im z != 0 or outside the support), shape of ``z``."""
-        from classdiff.spectrum_solver import solve_points
+        from classdiff.theory.solver import solve_points
 
         self._check_fitted()
         zz = np.atleast_1d(np.asarray(z, dtype=np.complex128))
@@ -637,7 +637,7 @@ class FeatureSpectrum:
 
 
 def spectrum_from_config(config: Any) -> dict[str, Any]:
-    """Pure function of a :class:`classdiff.config.Config`: the ``spectrum`` JSON (DESIGN.md)."""
+    """Pure function of a :class:`classdiff.core.config.Config`: the ``spectrum`` JSON (DESIGN.md)."""
     th = config.theory
     spec = FeatureSpectrum(n_lambda=th.n_lambda, epsilon=th.epsilon, tolerance=th.tolerance, n_scan=th.n_scan).fit(config)
     return spec.to_dict()

@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         write_json_atomic(out / "results.json", result)
         if args.json:
-            from classdiff.core.io import jsonable
+            from classdiff.core.results import encode
 
-            sys.stdout.write(json.dumps(jsonable(result)) + "\n")
+            sys.stdout.write(json.dumps(encode(result), allow_nan=False) + "\n")
         else:
             print(f"classdiff {args.command}: results in {out}", file=sys.stderr)
     return 0

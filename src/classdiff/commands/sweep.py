@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from classdiff.core.config import Config, SweepConfig
-from classdiff.core.io import jsonable, read_json, write_json_atomic, write_text_atomic
+from classdiff.core.io import read_json, write_json_atomic, write_text_atomic
+from classdiff.core.results import encode
 
 __all__ = ["POINT_FUNCTIONS", "grid_points", "resolve_point_function", "run_sweep", "tidy_rows"]
 
@@ -70,7 +71,7 @@ def point_config(config: Config, overrides: Mapping[str, Any]) -> Config:
 
 def _compute(command: str, config_dict: dict) -> dict:
     """Worker-side: rebuild the config and run the point function (module-level, so it pickles)."""
-    return jsonable(resolve_point_function(command)(Config.from_dict(config_dict)))
+    return encode(resolve_point_function(command)(Config.from_dict(config_dict)))
 
 
 def _client(scheduler: str, n_workers: int):

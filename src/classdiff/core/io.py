@@ -1,4 +1,4 @@
-"""Atomic result writing: JSON (numpy-aware), ``.npz`` arrays, text, and matplotlib figures (PNG + PDF).
+"""Atomic result writing: JSON (through the one encoding of :mod:`classdiff.core.results`), ``.npz`` arrays, text, and matplotlib figures (PNG + PDF).
 
 Every writer goes through a temporary file in the destination folder followed by ``os.replace``, so a
 killed process never leaves a half-written result behind.
@@ -7,16 +7,16 @@ killed process never leaves a half-written result behind.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable", "read_json", "save_figure", "save_npz_atomic", "write_json_atomic", "write_text_atomic"]
+from classdiff.core.results import decode, encode
+
+__all__ = ["read_json", "save_figure", "save_npz_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def _atomic_write(path: Path, write) -> Path:
@@ -36,34 +36,18 @@ def _atomic_write(path: Path, write) -> Path:
     return path
 
 
-def jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, tuples and paths to plain JSON types; non-finite floats become None."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_text_atomic(path: Path, text: str) -> Path:
     return _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    text = json.dumps(jsonable(data), indent=2, sort_keys=False)
+    text = json.dumps(encode(data), indent=2, sort_keys=False, allow_nan=False)
     return write_text_atomic(path, text + "\n")
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file written by :func:`write_json_atomic`, its special values decoded (:func:`~classdiff.core.results.decode`)."""
+    return decode(json.loads(Path(path).read_text()))
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> Path:

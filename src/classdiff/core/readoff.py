@@ -13,15 +13,57 @@ Memorization time (parameter ``fraction``, default 0.5)
     reaches ``fraction`` of its final value G(tau_final) (tau_final = infinity where the curve includes it).
 
 Both interpolate linearly in log tau between grid points, return ``nan`` when the event never happens on the
-grid, and accept curves of shape (T,) or (..., T) (then they return shape (...)).
+grid, and accept curves of shape (T,) or (..., T) (then they return shape (...)); typed results turn that nan
+into :data:`classdiff.core.results.NOT_REACHED` with :func:`classdiff.core.results.reached`.
+
+Class order (:func:`class_order`, the one rule every predictor and measurement uses)
+    the labels of the classes by when their event happens, earliest first; ties keep label order; classes whose
+    event was not reached come after all that were; classes whose time was not computed (nan, None) are left out.
+    The keys under which orders are reported are :data:`ORDER_KEYS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["crossing_time", "generalization_time", "memorization_time"]
+from classdiff.core.results import NOT_REACHED
+
+__all__ = ["ORDER_KEYS", "class_order", "crossing_time", "generalization_time", "memorization_time"]
+
+#: the result keys of per-class orders, by the per-class time they order (one vocabulary everywhere)
+ORDER_KEYS: dict[str, str] = {
+    "tau_gen": "generalization_order",
+    "tau_mem": "memorization_order",
+    "t_speciation": "speciation_order",
+}
+
+
+def class_order(times: Sequence[Any], labels: Sequence[int] | None = None, *,
+                backward_time: bool = False) -> list[int]:
+    """Labels ordered by when each class's event happens, earliest first (the rule of the module docstring).
+
+    ``times`` holds one value per class: a float (finite or +inf), :data:`~classdiff.core.results.NOT_REACHED`,
+    or nan / None (not computed: that class is left out). ``labels`` default to 0..K-1. With ``backward_time``
+    the times run backwards (diffusion time of the backward process, e.g. speciation times t_S): the largest
+    time happens first, +inf (committed from the start) first of all.
+    """
+    labels = list(range(len(times))) if labels is None else [int(v) for v in labels]
+    if len(labels) != len(times):
+        raise ValueError(f"labels: {len(labels)} labels for {len(times)} times")
+    happened: list[tuple[float, int, int]] = []
+    not_reached: list[int] = []
+    for i, (t, lab) in enumerate(zip(times, labels, strict=True)):
+        if t is NOT_REACHED:
+            not_reached.append(lab)
+            continue
+        if t is None or np.isnan(float(t)):
+            continue
+        happened.append((-float(t) if backward_time else float(t), i, lab))
+    return [lab for _, _, lab in sorted(happened)] + not_reached
 
 
 def crossing_time(tau: ArrayLike, curve: ArrayLike, level: ArrayLike) -> NDArray[np.float64]:

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from classdiff.core.config import Config, ImagesConfig, save_config
-from classdiff.core.io import jsonable, write_json_atomic
+from classdiff.core.io import write_json_atomic
+from classdiff.core.results import encode
 from classdiff.data.process import ddpm_alpha_bar, ddpm_time
 
 if TYPE_CHECKING:
@@ -386,4 +387,4 @@ def train_and_evaluate_from_config(config: Config, out: str | Path, *, data_root
     result = evaluate_run(out, data_root=data_root, progress=progress)
     result["training"] = {k: v for k, v in train.items() if k not in ("steps", "loss")}
     result["training"]["final_loss"] = train["loss"][-1] if train["loss"] else None
-    return jsonable(result)
+    return encode(result)

@@ -32,11 +32,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import erf, ndtr, roots_hermitenorm
 
+from classdiff.core.config import ACTIVATIONS
 from classdiff.data.process import noise_variance, signal_scale
 
 __all__ = ["ACTIVATIONS", "EquivalenceConstants", "activation", "activation_derivative", "equivalence_constants"]
 
-ACTIVATIONS = ("tanh", "relu", "erf", "identity")
 
 Array = NDArray[np.float64]
 

@@ -195,3 +195,38 @@ def test_bad_mixture_arguments():
         GaussianMixture([1.0], np.zeros((1, 3)), [1.0]).score(np.zeros((2, 4)), 0.1)
     with pytest.raises(ValueError, match="t = "):
         empirical_score(np.zeros((1, 3)), np.zeros((2, 3)), 0.0)
+
+
+def test_fit_recovers_the_mixture_of_labelled_data():
+    """GaussianMixture.fit against the plain estimators: weights, centred centroids, unbiased variances."""
+    from classdiff.data.mixture import GaussianMixture
+
+    rng = np.random.default_rng(3)
+    d = 40
+    x = np.concatenate([rng.normal(1.0, 0.5, size=(300, d)), rng.normal(-1.0, 2.0, size=(100, d))])
+    y = np.concatenate([np.full(300, 7), np.full(100, 2)])
+    m = GaussianMixture.fit(x, y)
+    assert m.labels_.tolist() == [2, 7] and m.counts_.tolist() == [100, 300]
+    np.testing.assert_allclose(m.weights, [0.25, 0.75])
+    mean = x.mean(0)
+    np.testing.assert_allclose(m.centroids[0], x[y == 2].mean(0) - mean, rtol=1e-12)
+    np.testing.assert_allclose(m.variances, [x[y == 2].var(0, ddof=1).mean(), x[y == 7].var(0, ddof=1).mean()])
+    assert abs(m.variances[0] - 4.0) < 0.3 and abs(m.variances[1] - 0.25) < 0.02
+    diag = GaussianMixture.fit(x, y, covariance="diagonal")
+    np.testing.assert_allclose(diag.variances[1], x[y == 7].var(0, ddof=1))
+    with pytest.raises(ValueError, match="covariance"):
+        GaussianMixture.fit(x, y, covariance="full")
+
+
+@pytest.mark.parametrize(("x", "y", "match"), [
+    (np.ones((4, 3)) * 1j, [0, 0, 1, 1], "complex"),
+    (np.array([[0.0, np.nan], [1, 1], [2, 2], [3, 3]]), [0, 0, 1, 1], "non-finite"),
+    (np.ones((4, 3)), [0.2, 0.7, 1.0, 1.0], "integer labels"),
+    (np.ones((4, 3)), [0, 1], "one label per point"),
+    (np.ones(4), [0, 0, 1, 1], "expected"),
+])
+def test_labelled_data_rejects_bad_input(x, y, match):
+    from classdiff.data.labelled import check_labelled
+
+    with pytest.raises(ValueError, match=match):
+        check_labelled(x, y, source="mydata.npz")

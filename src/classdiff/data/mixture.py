@@ -155,6 +155,31 @@ class GaussianMixture:
         mu = make_centroids(config.dim, config.centroid_norms, config.geometry, config.seed, config.centroids)
         return cls(config.weights, mu, config.variances)
 
+    @classmethod
+    def fit(cls, x: ArrayLike, y: ArrayLike, *, covariance: str = "isotropic",
+            labels: ArrayLike | None = None) -> GaussianMixture:
+        """The mixture of a labelled data set (``classdiff.data.labelled``): rho_c = n_c/n, centroids mu_c - x_bar
+        (centred by the global mean), and per class the variance tr(Sigma_c)/d (``covariance="isotropic"``) or the
+        diagonal of Sigma_c (``"diagonal"``), unbiased.
+
+        ``x`` (n, ...) is flattened to (n, d); ``y`` (n,) holds integer labels; ``labels`` chooses and orders the
+        classes (default: the sorted labels present). The fitted mixture has ``labels_`` (K,) and ``counts_`` (K,).
+        """
+        from classdiff.data.labelled import check_labelled, class_statistics
+
+        if covariance not in ("isotropic", "diagonal"):
+            raise ValueError(f"covariance = {covariance!r}: must be 'isotropic' or 'diagonal'")
+        stats = class_statistics(x, y, labels=labels, n_eigenvalues=1)
+        variances = stats.variances
+        if covariance == "diagonal":
+            xf, yi = check_labelled(x, y)
+            variances = np.stack([xf[yi == c].var(axis=0, ddof=1) for c in stats.labels])
+            variances = np.maximum(variances, np.finfo(np.float64).tiny)
+        mixture = cls(stats.weights, stats.centroids, variances)
+        mixture.labels_ = stats.labels
+        mixture.counts_ = stats.counts
+        return mixture
+
     def __repr__(self) -> str:
         return (
             f"GaussianMixture(K={self.n_classes}, d={self.dim}, weights={np.round(self.weights, 4).tolist()}, "

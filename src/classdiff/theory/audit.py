@@ -14,13 +14,13 @@ Given points ``x`` (n, d) and integer labels ``y`` (n,), the audit
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from classdiff.core.config import Config
+from classdiff.data.labelled import load_labelled
 from classdiff.theory.data_statistics import ImageClassStatistics, image_class_statistics, theory_config
 
 __all__ = ["audit", "class_statistics", "load_labelled"]
@@ -49,20 +49,6 @@ def class_statistics(x: ArrayLike, y: ArrayLike, n_eigenvalues: int = 5) -> Imag
     if not np.all(np.isfinite(x)):
         raise ValueError("x: every entry must be finite")
     return image_class_statistics(x, y, n_eigenvalues=n_eigenvalues)
-
-
-def load_labelled(path: Path) -> tuple[NDArray[np.float64], NDArray]:
-    """Arrays ``x`` (n, ...) flattened to (n, d) and ``y`` (n,) from an ``.npz`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("x", "y") if k not in data.files]
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected 'x' (n, d) and 'y' (n,), "
-                             f"found {', '.join(data.files) or 'none'}")
-        x, y = data["x"], data["y"]
-    return np.asarray(x, dtype=np.float64).reshape(len(x), -1), y
 
 
 def audit(x: ArrayLike, y: ArrayLike, base: Config | None = None) -> dict[str, Any]:

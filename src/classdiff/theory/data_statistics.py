@@ -15,75 +15,17 @@ psi_n = n / d) for :func:`classdiff.theory.timescales.timescales_from_config`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+
+from classdiff.data.labelled import ClassStatistics, class_statistics
 
 __all__ = ["ImageClassStatistics", "image_class_statistics", "predicted_order", "theory_config"]
 
 
-@dataclass(frozen=True)
-class ImageClassStatistics:
-    """Arrays have one entry per class, in the order of ``labels``."""
-
-    labels: NDArray[np.int64]
-    counts: NDArray[np.int64]
-    weights: NDArray[np.float64]
-    variances: NDArray[np.float64]
-    centroids: NDArray[np.float64]  # (K, d), centred by the global mean
-    centroid_norms: NDArray[np.float64]
-    centroid_distances: NDArray[np.float64]  # (K, K)
-    top_eigenvalues: NDArray[np.float64]  # (K, n_eigenvalues)
-    dim: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "labels": self.labels.tolist(),
-            "counts": self.counts.tolist(),
-            "weights": self.weights.tolist(),
-            "variances": self.variances.tolist(),
-            "centroid_norms": self.centroid_norms.tolist(),
-            "centroid_distances": self.centroid_distances.tolist(),
-            "top_eigenvalues": self.top_eigenvalues.tolist(),
-            "dim": self.dim,
-        }
-
-
-def image_class_statistics(x: ArrayLike, y: ArrayLike, labels: ArrayLike | None = None,
-                           n_eigenvalues: int = 5) -> ImageClassStatistics:
-    """Statistics of ``x`` (n, ...) flattened to (n, d), labels ``y`` (n,), classes ``labels`` (default sorted)."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    y = np.asarray(y)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"y: shape {y.shape}, expected ({x.shape[0]},) to match x")
-    labs = np.unique(y) if labels is None else np.asarray(labels)
-    d = x.shape[1]
-    mean = x.mean(axis=0)
-    counts, variances, cents, tops = [], [], [], []
-    k_eig = min(n_eigenvalues, d)
-    for c in labs:
-        xc = x[y == c]
-        if len(xc) < 2:
-            raise ValueError(f"class {int(c)}: has {len(xc)} image(s); need at least 2 to estimate a covariance")
-        counts.append(len(xc))
-        centred = xc - xc.mean(axis=0)
-        variances.append(float(np.einsum("ij,ij->", centred, centred) / ((len(xc) - 1) * d)))
-        gram = centred @ centred.T if len(xc) < d else centred.T @ centred
-        ev = np.linalg.eigvalsh(gram / (len(xc) - 1))[::-1][:k_eig]
-        tops.append(np.pad(ev, (0, k_eig - ev.size)))
-        cents.append(xc.mean(axis=0) - mean)
-    centroids = np.stack(cents)
-    counts_a = np.array(counts, dtype=np.int64)
-    diff = centroids[:, None, :] - centroids[None, :, :]
-    return ImageClassStatistics(
-        labels=labs.astype(np.int64), counts=counts_a, weights=counts_a / counts_a.sum(),
-        variances=np.array(variances), centroids=centroids,
-        centroid_norms=np.linalg.norm(centroids, axis=1) / np.sqrt(d),
-        centroid_distances=np.linalg.norm(diff, axis=2) / np.sqrt(d),
-        top_eigenvalues=np.array(tops), dim=d,
-    )
+ImageClassStatistics = ClassStatistics
+image_class_statistics = class_statistics
 
 
 def theory_config(stats: ImageClassStatistics, base=None):

@@ -8,7 +8,6 @@ gradients within float32 tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -16,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classdiff.images import native
 from classdiff.images import unet as U
 from classdiff.images.unet import UNet, timestep_embedding
 
@@ -159,19 +157,10 @@ def test_state_dict_keys_are_those_of_the_plain_version():
     plain.load_state_dict(fast.state_dict())  # and back
 
 
-@pytest.mark.parametrize("native_kernel", [True, False], ids=["native", "torch-path"])
 @pytest.mark.parametrize("num_classes", [0, 3])
-def test_forward_and_gradients_match_the_plain_version(num_classes, native_kernel):
-    """Full U-Net (channels_last, the native GroupNorm kernel with the time embedding folded in, or without it NHWC
-    GroupNorm at 28x28; flash attention at 14x14, _Attention at 7x7, sub-pixel upsampling, fused embedding
-    projections) against the plain one, same weights, dropout off."""
-    if native_kernel and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.build_info()}")  # tests/test_native.py requires it
-    with contextlib.nullcontext() if native_kernel else native.disabled():
-        _check_against_plain(num_classes)
-
-
-def _check_against_plain(num_classes):
+def test_forward_and_gradients_match_the_plain_version(num_classes):
+    """Full U-Net (channels_last, NHWC GroupNorm at 28x28, flash attention at 14x14, _Attention at 7x7, sub-pixel
+    upsampling, fused embedding projections) against the plain one, same weights, dropout off."""
     plain, fast = _pair(num_classes=num_classes)
     x, k, y = _inputs(num_classes=num_classes)
     plain.eval()
@@ -218,15 +207,14 @@ def test_nhwc_groupnorm_matches_group_norm_and_its_gradient(silu):
         args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_())
         assert torch.autograd.gradcheck(lambda x, w, b, g=groups: U._GroupNormNHWC.apply(x, w, b, g, 1e-5, silu),
                                         args)
-    # float32, offset activations, through the module at 28x28 (the path the U-Net takes without the native kernel)
+    # float32, offset activations, through the module at 28x28 (the path the U-Net takes there)
     gn = U.GroupNorm(8, 32, silu=silu)
     with torch.no_grad():
         gn.weight.normal_()
         gn.bias.normal_()
     x = (torch.randn(4, 32, 28, 28) * 0.5 + 2.0).contiguous(memory_format=torch.channels_last).requires_grad_()
     g = torch.randn(4, 32, 28, 28)
-    with native.disabled():
-        out = gn(x)
+    out = gn(x)
     assert out.grad_fn is not None and "GroupNormNHWC" in type(out.grad_fn).__name__
     dx, dw, db = torch.autograd.grad(out, (x, gn.weight, gn.bias), g)
     ref = reference(x, gn.weight, gn.bias, 8, gn.eps)
@@ -237,8 +225,7 @@ def test_nhwc_groupnorm_matches_group_norm_and_its_gradient(silu):
     torch.testing.assert_close(db, rdb, rtol=1e-4, atol=1e-4 * rdb.abs().max().item())
     # below the pixel threshold the module takes ATen's kernel, with the same result
     small = (torch.randn(2, 32, 7, 7)).contiguous(memory_format=torch.channels_last)
-    with native.disabled():
-        torch.testing.assert_close(gn(small), reference(small, gn.weight, gn.bias, 8, gn.eps))
+    torch.testing.assert_close(gn(small), reference(small, gn.weight, gn.bias, 8, gn.eps))
 
 
 def test_bmm_attention_matches_softmax_qk_v():
@@ -296,15 +283,13 @@ def test_dropout_rate_scale_and_determinism():
 
 
 def test_residual_block_with_dropout_matches_plain_dropout_then_conv():
-    """Train mode, PyTorch path: the 1 / (1 - p) scale folded into conv2's weight gives conv2(dropout(a)) for the
-    same mask (the native kernel's fused dropout: tests/test_native.py)."""
+    """Train mode: the 1 / (1 - p) scale folded into conv2's weight gives conv2(dropout(a)) for the same mask."""
     torch.manual_seed(0)
     block = U.ResidualBlock(16, 32, 64, dropout=0.1).to(memory_format=torch.channels_last).train()
     x = torch.randn(2, 16, 28, 28).contiguous(memory_format=torch.channels_last)
     emb = torch.randn(2, 64)
     torch.manual_seed(5)
-    with native.disabled():
-        out = block(x, emb)
+    out = block(x, emb)
     torch.manual_seed(5)
     h = block.conv1(F.silu(F.group_norm(x, 8, block.norm1.weight, block.norm1.bias))) + block.emb(emb)[:, :, None, None]
     a = U._dropout(F.silu(F.group_norm(h, 8, block.norm2.weight, block.norm2.bias)), 0.1, True)

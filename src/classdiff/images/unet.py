@@ -16,55 +16,26 @@ Layout with base width W and channel multipliers (m_1, ..., m_L) (L <= 3 at 28x2
 Shapes: ``forward(x (B, 1, 28, 28), k (B,) float or int, y (B,) long or None) -> (B, 1, 28, 28)``.
 
 How the computation is done (the function and the parameters are those of the layout above; the state_dict
-keys are those of the first, plain version, whose checkpoints load unchanged). Measured with
-``benchmarks/bench_unet.py`` against diffusers' ``UNet2DModel`` of the same layout, on CPU (2 cores, fp32, paired
-rounds; W = 32, batch 64): 1.23-1.45x its training throughput (the medians of eight runs, six of them 1.29-1.40),
-and 1.10-1.17x for this model's PyTorch path (the native kernels switched off) timed beside them in four of those
-runs; 1.32x (PyTorch path 1.10x) for the layout of ``experiments/fashion_cpu.toml``.
+keys are those of the first, plain version, whose checkpoints load unchanged; ``tests/test_unet_numerics.py``
+checks outputs and gradients against that plain version). Pure PyTorch, on any device:
 
-* activations and conv weights in channels_last (NHWC): oneDNN convolves NHWC without the reorders to and from
-  its blocked layout that NCHW costs on every forward and backward call, and the attention tokens
-  (B, HW, C) are then a free view;
-* on CPU, three C kernels of :mod:`classdiff.images.native` (built on first use with the system compiler, cached,
-  sharing PyTorch's thread pool), for float32 channels_last inputs:
-
-  - GroupNorm (:class:`_GroupNormNative`) in two passes per direction over each sample's block instead of some
-    twenty PyTorch kernels and their temporaries, with the SiLU that follows it in the residual blocks and the
-    output, the time embedding of the residual blocks folded into the second norm's moments and shift (no pass of
-    its own), and that norm's dropout mask generated inside it from a hashed seed (regenerated in the backward,
-    never stored). In-model A/B against the PyTorch path: 1.05-1.06x the step rate for the norms;
-  - attention (:class:`_AttentionNative`) straight from the (B, HW, 3C) q|k|v projection to the (B, HW, C) input
-    of the output projection (no head transposes, no stacking of the q, k, v gradients), the HW x HW
-    probabilities recomputed per (sample, head) in cache in the backward, the products in AVX2 register tiles:
-    at 14x14 (B = 64, 2 heads of 32) 30 ms forward + backward against 35 ms for the flash kernel of
-    ``F.scaled_dot_product_attention``; at 7x7, 5.2 ms against 5.7 ms for :class:`_Attention` (batched matmuls);
-    in-model, 1.05x the step rate;
-  - the weight and bias gradients of the convolutions (:class:`_Conv2dNative`; the input gradient stays with
-    oneDNN): register tiles walking cache-sized blocks of output rows, 1.1-1.45x oneDNN's weight gradient
-    (largest at 28x28 with 32-96 channels, where oneDNN's reaches about 100 GFLOP/s and its forward
-    convolution 170-190);
-    in-model, 1.04x the step rate;
-
-  without the kernels (no C compiler, ``CLASSDIFF_NATIVE=0``, other devices): GroupNorm of many pixels through
-  :class:`_GroupNormNHWC` (per-channel sums, one fused scale-and-shift, a closed-form backward; several times
-  faster than ATen's channels_last GroupNorm kernel at 28x28), the others through ``F.group_norm``; where a SiLU
-  follows, it is applied in place on the normalised tensor and its backward recomputes that tensor from the input,
-  so the pair keeps one activation for the backward instead of two;
+* activations and conv weights in channels_last (NHWC): oneDNN convolves NHWC without reordering to and from its
+  blocked layout on every call, and the attention tokens (B, HW, C) are then a free view;
+* GroupNorm of many pixels (the 28x28 levels) through :class:`_GroupNormNHWC` on CPU (per-channel sums, one fused
+  scale-and-shift, the closed-form backward of :func:`_group_norm_backward`), the others through
+  ``F.group_norm``; where a SiLU follows, it is applied in place on the normalised tensor and its backward
+  recomputes that tensor from the input, so the pair keeps one activation for the backward instead of two;
 * nearest-neighbour 2x upsampling followed by a 3x3 conv computed as one 2x2 conv with 4x the output channels on
   the low-resolution input, interleaved (sub-pixel form; 4/9 of the multiply-adds, no upsampled copy); the
-  2x2 kernels are sums of the 3x3 taps, so gradients still reach the same 3x3 weight;
-* without the native kernels, attention over the 7x7 positions on CPU as batched matmuls with a hand-written
-  backward (:class:`_Attention`), faster there than the flash kernel of ``F.scaled_dot_product_attention``, which
-  the other levels keep;
+  2x2 kernels are sums of the 3x3 taps (:func:`_subpixel_weight`), so gradients reach the same 3x3 weight;
+* attention over at most ``BMM_ATTENTION_MAX_TOKENS`` positions (7x7) on CPU as batched matmuls with a
+  hand-written backward (:class:`_Attention`); elsewhere ``F.scaled_dot_product_attention``;
 * the time-embedding projections of all residual blocks as one matmul;
-* without the native kernel, dropout masks on CPU from 15-bit integers, four per 64-bit draw of the generator (see
-  :func:`_dropout_mask`: the drop probability is p rounded to a multiple of 2^-15, 0.1 -> 0.1000061), several times
-  cheaper than ``nn.Dropout``'s ``bernoulli_``, a different random stream from the plain version's, kept as a 0/1
-  uint8 mask (multiplying float32 by uint8 took 0.13-0.15 ms against 0.77-1.19 ms by bool at W = 32, batch 64,
-  28x28), applied in place (the normalised activation it masks is kept by nothing else); with the kernel, p is
-  rounded to a multiple of 2^-24 (0.1 -> 0.10000002) and the mask is another stream again. Either way the
-  1 / (1 - p) scale is folded into the weight of the conv that follows (one pass less over the activations,
-  forward and backward).
+* dropout masks on CPU from 15-bit integers of torch's generator, four per 64-bit draw (:func:`_dropout_mask`:
+  the drop probability is p rounded to a multiple of 2^-15, 0.1 -> 0.1000061), kept as a 0/1 uint8 mask and
+  applied in place (the normalised activation it masks is kept by nothing else); the 1 / (1 - p) scale is folded
+  into the weight of the conv that follows (conv(s a) = conv with weight s w of a), one pass less over the
+  activations, forward and backward. The same seed gives the same masks on every machine.
 """
 
 from __future__ import annotations
@@ -76,14 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classdiff.images import native
-
 __all__ = ["UNet", "timestep_embedding"]
 
 GROUPS = 8
 NHWC_GROUPNORM_MIN_PIXELS = 256  # _GroupNormNHWC from this many pixels (28x28 levels); ATen's kernel below
 BMM_ATTENTION_MAX_TOKENS = 64  # CPU attention over at most this many positions (7x7) through _Attention
-NATIVE_ATTENTION_MAX_TOKENS = 1024  # the native kernel keeps two N x N float32 matrices per thread
 
 
 def timestep_embedding(k: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -187,37 +155,12 @@ class _GroupNormNHWC(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None
 
 
-class _GroupNormNative(torch.autograd.Function):
-    """``F.silu?(F.group_norm(x + offset[:, :, None, None]))`` of a channels_last float32 CPU tensor, times a dropout
-    mask when ``drop_threshold`` > 0, through the C kernel of :mod:`classdiff.images.native` (two passes per
-    direction; saves x and the group moments, not the output nor the mask, which the backward regenerates from
-    ``seed``; offset (B, C) or None)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, offset, groups, eps, silu, seed, drop_threshold):
-        y, mean, rstd = native.group_norm_forward(x, weight, bias, groups, eps, silu, offset, seed, drop_threshold)
-        ctx.save_for_backward(x, weight, bias, offset, mean, rstd)
-        ctx.groups, ctx.silu, ctx.seed, ctx.drop_threshold = groups, silu, seed, drop_threshold
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight, bias, offset, mean, rstd = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dx, dweight, dbias, doffset = native.group_norm_backward(
-            g, x, weight, bias, mean, rstd, ctx.groups, ctx.silu, offset, need_input=need[0] or need[3],
-            seed=ctx.seed, drop_threshold=ctx.drop_threshold)
-        return dx, dweight, dbias, doffset, None, None, None, None, None
-
-
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters and state_dict keys), followed by a SiLU when ``silu`` is true.
 
     ``forward(x, offset=None)``: with ``offset`` (B, C), the normalised input is ``x + offset[:, :, None, None]``.
-    Channels_last float32 CPU inputs go through the C kernel of :mod:`classdiff.images.native` when it is available
-    (:meth:`fuses_offset`; the offset is then folded into the kernel's moments and shift, with no pass of its own);
-    otherwise those of at least ``NHWC_GROUPNORM_MIN_PIXELS`` pixels through :class:`_GroupNormNHWC` and the rest
-    through ``F.group_norm``."""
+    Channels_last CPU inputs of at least ``NHWC_GROUPNORM_MIN_PIXELS`` pixels go through :class:`_GroupNormNHWC`,
+    the rest through ``F.group_norm``."""
 
     def __init__(self, num_groups: int, num_channels: int, silu: bool = False) -> None:
         super().__init__(num_groups, num_channels)
@@ -230,22 +173,7 @@ class GroupNorm(nn.GroupNorm):
         return (x.device.type == "cpu" and x.dim() == 4 and self.affine and x.dtype == self.weight.dtype
                 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last))
 
-    def fuses_offset(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x, offset)`` takes the native kernel (which adds the offset without a pass of its own)."""
-        return (x.dtype == torch.float32 and self._channels_last_float_cpu(x)
-                and not torch.compiler.is_compiling() and native.load() is not None)
-
-    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
-        """``dropout`` > 0 (native kernel only: :meth:`fuses_offset`): the output times a dropout mask, unscaled, of
-        drop probability ``native.dropout_threshold(dropout) / 2^24`` (the caller applies 1 / (1 - p))."""
-        if self.fuses_offset(x):
-            off = None if offset is None else offset.to(x.dtype).contiguous()
-            thr = native.dropout_threshold(dropout)
-            seed = native.draw_seed() if thr else 0
-            return _GroupNormNative.apply(x, self.weight, self.bias, off, self.num_groups, self.eps, self.silu, seed,
-                                          thr)
-        if dropout:
-            raise ValueError(f"dropout = {dropout}: GroupNorm applies dropout in the native kernel only")
+    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         if offset is not None:
             x = x + offset[:, :, None, None]
         if self._channels_last_float_cpu(x) and x.shape[2] * x.shape[3] >= NHWC_GROUPNORM_MIN_PIXELS:
@@ -286,64 +214,16 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return y * scale
 
 
-class _Conv2dNative(torch.autograd.Function):
-    """``F.conv2d`` (oneDNN) whose backward takes the input gradient from ATen's convolution backward and the weight
-    and bias gradients from the C kernel of :mod:`classdiff.images.native` (register-tiled, cache-blocked)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding):
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
-        return F.conv2d(x, weight, bias, stride, padding)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        g = g.contiguous(memory_format=torch.channels_last)
-        s, p = ctx.stride, ctx.padding
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.ops.aten.convolution_backward(g, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
-                                                     [True, False, False])[0]
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dw, db = native.conv_weight_grad(x, g, tuple(weight.shape[2:]), s, p, need_bias=ctx.has_bias)
-        return dx, dw, db, None, None
-
-
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
-           padding: int = 1) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, stride, padding)`` (square stride and padding), through :class:`_Conv2dNative`
-    for channels_last float32 CPU inputs of a multiple of 8 channels when the native kernels are available and a
-    weight or bias gradient is needed."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4
-            and x.shape[1] % 8 == 0 and torch.is_grad_enabled() and (weight.requires_grad or (
-                bias is not None and bias.requires_grad))
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled("cpu") and native.load() is not None):
-        return _Conv2dNative.apply(x, weight, bias, stride, padding)
-    return F.conv2d(x, weight, bias, stride, padding)
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state_dict keys) of square stride and padding computed by :func:`conv2d`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str)
-                or self.stride[0] != self.stride[1] or self.padding[0] != self.padding[1]):
-            return super().forward(x)
-        return conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
-
-
 class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = GroupNorm(GROUPS, c_in, silu=True)
-        self.conv1 = Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
         self.norm2 = GroupNorm(GROUPS, c_out, silu=True)
         self.dropout = float(dropout)
-        self.conv2 = Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = Conv2d(c_in, c_out, 1, padding=0) if c_in != c_out else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1, padding=0) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, emb_out: torch.Tensor | None = None) -> torch.Tensor:
         """``emb`` (B, emb_dim) the time (+ class) embedding; ``emb_out`` (B, c_out), if given, is ``self.emb(emb)``
@@ -351,16 +231,11 @@ class ResidualBlock(nn.Module):
         h = self.conv1(self.norm1(x))  # norm1, norm2: GroupNorm then SiLU
         e = self.emb(emb) if emb_out is None else emb_out
         drop = self.dropout if self.training else 0.0
-        if self.norm2.fuses_offset(h):  # h + e, the norm, the SiLU and the dropout mask in one kernel
-            a = self.norm2(h, offset=e, dropout=drop)
-            scale = 1.0 / (1.0 - native.dropout_threshold(drop) / 2.0**native.DROP_BITS)
-        else:
-            h += e[:, :, None, None]  # in place: conv saves no output
-            a = self.norm2(h)
-            if drop > 0.0:
-                a, scale = _dropout_mask(a, drop, inplace=True)  # a is not saved by the norm's backward
+        h += e[:, :, None, None]  # in place: conv saves no output
+        a = self.norm2(h)
         if drop > 0.0:  # conv2(scale * a * keep) = conv with weight scale * w of a * keep
-            h = conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
+            a, scale = _dropout_mask(a, drop, inplace=True)  # a is not saved by the norm's backward
+            h = F.conv2d(a, self.conv2.weight * scale, self.conv2.bias, padding=1)
         else:
             h = self.conv2(a)
         return h.add_(self.skip(x))
@@ -397,32 +272,11 @@ class _Attention(torch.autograd.Function):
         return dq.view(b, heads, n, d), dk.view(b, heads, n, d), dv.view(b, heads, n, d)
 
 
-class _AttentionNative(torch.autograd.Function):
-    """Per-head softmax attention from the (B, N, 3C) q|k|v projection to the (B, N, C) head outputs through the C
-    kernel of :mod:`classdiff.images.native` (saves qkv, the output and the row log-sum-exps; the backward recomputes
-    the probabilities and writes the q, k, v gradients into one (B, N, 3C) tensor)."""
-
-    @staticmethod
-    def forward(ctx, qkv, heads):
-        qkv = qkv.contiguous()
-        out, lse = native.attention_forward(qkv, heads)
-        ctx.save_for_backward(qkv, out, lse)
-        ctx.heads = heads
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        qkv, out, lse = ctx.saved_tensors
-        return native.attention_backward(g, qkv, out, lse, ctx.heads), None
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions, residual, pre-GroupNorm.
 
-    Heads of dimension ``head_dim`` (channels // head_dim heads, at least one): on CPU, few wide heads are several
-    times faster than many narrow ones. Channels_last float32 CPU inputs of at most ``NATIVE_ATTENTION_MAX_TOKENS``
-    positions with a head dimension that is a multiple of 8: :class:`_AttentionNative` (when the native kernels are
-    available); otherwise ``F.scaled_dot_product_attention`` (flash kernel), except on CPU over at most
+    Heads of dimension ``head_dim`` (channels // head_dim heads, at least one): on CPU, few wide heads are faster
+    than many narrow ones. ``F.scaled_dot_product_attention``, except on CPU over at most
     ``BMM_ATTENTION_MAX_TOKENS`` positions: :class:`_Attention`.
     """
 
@@ -436,27 +290,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 
-    def _native(self, x: torch.Tensor) -> bool:
-        c, h, w = x.shape[1:]
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.qkv.weight.dtype == torch.float32
-                and h * w <= NATIVE_ATTENTION_MAX_TOKENS and (c // self.heads) % 8 == 0
-                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-                and native.load() is not None)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)  # (b, hw, c); a view when channels_last
         qkv = self.qkv(tokens)  # (b, hw, 3c): q | k | v, heads of c/heads channels in each
-        if self._native(x):
-            out = _AttentionNative.apply(qkv, self.heads)  # (b, hw, c), heads side by side
+        # (b, heads, hw, c/heads) views; their gradients stack straight into the (b, hw, 3c) layout of the linear
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(b, h * w, 3, self.heads, c // self.heads).unbind(2))
+        if x.device.type == "cpu" and h * w <= BMM_ATTENTION_MAX_TOKENS:
+            out = _Attention.apply(q, k, v)  # (b, heads, hw, c/heads)
         else:
-            # (b, heads, hw, c/heads) views; their gradients stack straight into the (b, hw, 3c) layout of the linear
-            q, k, v = (t.transpose(1, 2) for t in qkv.view(b, h * w, 3, self.heads, c // self.heads).unbind(2))
-            if x.device.type == "cpu" and h * w <= BMM_ATTENTION_MAX_TOKENS:
-                out = _Attention.apply(q, k, v)  # (b, heads, hw, c/heads)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v)
-            out = out.transpose(1, 2).reshape(b, h * w, c)
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, h * w, c)
         out = self.proj(out)
         return x + out.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last layout
 
@@ -518,7 +362,7 @@ class UNet(nn.Module):
                     self.down.append(SelfAttention(c))
                 skips.append(c)
             if level < len(chans) - 1:
-                self.down.append(Conv2d(c, c, 3, stride=2, padding=1))
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
         self.mid = nn.ModuleList([ResidualBlock(c, c, emb_dim, dropout), SelfAttention(c),
                                   ResidualBlock(c, c, emb_dim, dropout)])
@@ -533,7 +377,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(_Upsample(c))
         self.out_norm = GroupNorm(GROUPS, c, silu=True)
-        self.out = Conv2d(c, in_channels, 3, padding=1)
+        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self._blocks = [m for m in self.modules() if isinstance(m, ResidualBlock)]  # order of the fused projection
@@ -621,9 +465,9 @@ class _Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # y[:, (py, px, o), i', j'] sees original rows (i'-1, i') and columns (j'-1, j')
-        y = conv2d(x, _subpixel_weight(self.conv.weight), self.conv.bias.repeat(4), padding=1)
+        y = F.conv2d(x, _subpixel_weight(self.conv.weight), self.conv.bias.repeat(4), padding=1)
         return _Interleave.apply(y)

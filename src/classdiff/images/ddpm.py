@@ -79,8 +79,8 @@ class DDPMSchedule:
 
 def make_optimizer(params: Iterable, optimizer: str, learning_rate: float) -> torch.optim.Optimizer:
     """The training optimizer over ``params``: ``"adam"`` (Adam, default betas) or ``"sgd"`` (SGD, momentum 0.95, as
-    the precursor), both in torch's fused implementation (one kernel over all parameters per step; on CPU Adam's
-    step is ~3x faster than the default per-tensor loop, the same update up to float rounding)."""
+    the precursor), both in torch's fused implementation (one kernel over all parameters per step instead of the
+    default per-tensor loop; the same update up to float rounding)."""
     import torch
 
     if optimizer == "adam":

@@ -187,7 +187,7 @@ def _dropout_mask(x: torch.Tensor, p: float, inplace: bool = False) -> tuple[tor
     next conv's weight). An element is zeroed with probability p'.
 
     On CPU the mask comes from 15-bit uniform integers, four per 64-bit draw of the generator (``random_`` on
-    int64 gives 63 random bits), a third of the cost of ``torch.rand_like``; p' is then p rounded to a multiple
+    int64 gives 63 random bits), one draw per four elements instead of one float each; p' is then p rounded to a multiple
     of 2^-15 (0.1 -> 3277 / 32768 = 0.1000061), and the scale uses p', so the expectation stays exact. Elsewhere,
     under ``torch.compile`` (dynamo does not trace ``random_``), or for p below 2^-16 or above 1 - 2^-16: uniform
     floats >= p, p' = p.
@@ -197,7 +197,7 @@ def _dropout_mask(x: torch.Tensor, p: float, inplace: bool = False) -> tuple[tor
             x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].bitwise_and_(0x7FFF)
-        # a 0/1 uint8 mask: float times uint8 is several times faster than float times bool (forward and backward)
+        # a 0/1 uint8 mask: float times uint8 is cheaper than float times bool (forward and backward)
         keep = torch.ge(bits, thr, out=torch.empty(n, dtype=torch.uint8))
         b, c, h, w = x.shape
         keep = keep.view(x.shape) if x.is_contiguous() else keep.view(b, h, w, c).permute(0, 3, 1, 2)

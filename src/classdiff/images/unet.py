@@ -190,8 +190,7 @@ def _dropout_mask(x: torch.Tensor, p: float, inplace: bool = False) -> tuple[tor
     int64 gives 63 random bits; one draw per four elements instead of one float each); p' is then p rounded to a
     multiple of 2^-15 (0.1 -> 3277 / 32768 = 0.1000061), and the scale uses p', so the expectation stays exact.
     Elsewhere, under ``torch.compile`` (dynamo does not trace ``random_``), or for p below 2^-16 or above
-    1 - 2^-16: uniform
-    floats >= p, p' = p.
+    1 - 2^-16: uniform floats >= p, p' = p.
     """
     thr = round(p * 32768)
     if x.device.type == "cpu" and 0 < thr < 32768 and x.dim() == 4 and not torch.compiler.is_compiling() and (

@@ -21,7 +21,6 @@ from classdiff.core.config import Config, ImagesConfig, save_config
 from classdiff.data.fashion_mnist import write_synthetic_fashion_mnist
 from classdiff.data.process import ddpm_alpha_bar, ddpm_time
 from classdiff.images.ddpm import (
-    DDPMSchedule,
     batch_indices,
     checkpoint_steps,
     list_checkpoints,
@@ -29,6 +28,7 @@ from classdiff.images.ddpm import (
     train_unet,
 )
 from classdiff.images.sampling import ddim_sample, ddim_steps, fixed_noise
+from classdiff.images.schedule import DDPMSchedule
 from classdiff.images.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -105,6 +105,10 @@ def test_schedule_uses_the_package_conventions():
     kk = torch.tensor([0, 500, 999])
     ab = torch.tensor(s.alpha_bar[[0, 500, 999]], dtype=torch.float32)[:, None, None, None]
     torch.testing.assert_close(s.add_noise(x0, kk, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+    # the same step in OU form, x_t = e^{-t} x0 + sqrt(Delta_t) eta at t = t_k
+    t = torch.tensor(s.ou_time[[0, 500, 999]])[:, None, None, None]
+    ou = (torch.exp(-t) * x0 + torch.sqrt(-torch.expm1(-2 * t)) * eps).float()
+    torch.testing.assert_close(s.add_noise(x0, kk, eps), ou)
 
 
 def test_checkpoint_steps_and_batch_order():

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from classdiff.core.config import Config
 
 HELP = "Train a U-Net diffusion model on an imbalanced Fashion-MNIST subset."
 
@@ -34,3 +37,19 @@ def run(args: argparse.Namespace, out: Path) -> dict:
         result = {"training": result, "evaluation": evaluate_run(out, data_root=args.data_dir,
                                                                   progress=not args.no_progress)}
     return result
+
+
+def train_and_evaluate_from_config(config: Config, out: str | Path, *, data_root: str | Path | None = None,
+                                   progress: bool = True) -> dict[str, Any]:
+    """Train (resuming if possible) then evaluate every checkpoint; the result of
+    :func:`classdiff.images.evaluation.evaluate_run` with the training summary under ``"training"``, encoded
+    for JSON (:func:`classdiff.core.results.encode`)."""
+    from classdiff.core.results import encode
+    from classdiff.images.ddpm import train_unet
+    from classdiff.images.evaluation import evaluate_run
+
+    train = train_unet(config, out, data_root=data_root, progress=progress)
+    result = evaluate_run(out, data_root=data_root, progress=progress)
+    result["training"] = {k: v for k, v in train.items() if k not in ("steps", "loss")}
+    result["training"]["final_loss"] = train["loss"][-1] if train["loss"] else None
+    return encode(result)

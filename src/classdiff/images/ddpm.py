@@ -1,8 +1,8 @@
 """DDPM training of the U-Net on an imbalanced Fashion-MNIST subset: resumable, seeded, log-spaced checkpoints.
 
 Forward process (Ho et al. 2020, eq. 4): x_k = sqrt(alpha-bar_k) x_0 + sqrt(1 - alpha-bar_k) eps, k = 0..T-1,
-with alpha-bar from :func:`classdiff.data.process.ddpm_alpha_bar` (linear 1e-4 -> 0.02 or cosine); the OU time of
-step k is t_k = -(1/2) log alpha-bar_k (:func:`classdiff.data.process.ddpm_time`). Loss: epsilon-prediction MSE
+the OU forward step at t_k = -(1/2) log alpha-bar_k (:class:`classdiff.images.schedule.DDPMSchedule`; linear
+1e-4 -> 0.02 or cosine). Loss: epsilon-prediction MSE
 (Ho et al. eq. 14) with k uniform in {0..T-1}. Adam (or SGD with momentum 0.95, as the precursor), no EMA by
 default (with ``images.ema > 0`` both raw and EMA weights are saved).
 
@@ -36,45 +36,24 @@ import numpy as np
 
 from classdiff.core.config import Config, ImagesConfig, save_config
 from classdiff.core.io import write_json_atomic
-from classdiff.core.results import encode
-from classdiff.data.process import ddpm_alpha_bar, ddpm_time
+from classdiff.images.schedule import DDPMSchedule
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "DDPMSchedule",
     "build_model",
     "checkpoint_steps",
+    "class_index",
     "list_checkpoints",
     "load_checkpoint",
     "load_training_data",
     "make_optimizer",
-    "train_and_evaluate_from_config",
+    "resolve_device",
     "train_unet",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-class DDPMSchedule:
-    """alpha-bar_k, k = 0..T-1, and its OU times t_k; ``add_noise`` implements x_k given x_0 (torch)."""
-
-    def __init__(self, schedule: str = "linear", num_steps: int = 1000) -> None:
-        self.schedule = schedule
-        self.num_steps = num_steps
-        self.alpha_bar = ddpm_alpha_bar(schedule, num_steps)  # (T,) float64
-        self.ou_time = ddpm_time(self.alpha_bar)  # (T,)
-
-    def step_for_time(self, t: float) -> int:
-        """The DDPM step k whose OU time t_k is closest to ``t``."""
-        return int(np.argmin(np.abs(self.ou_time - t)))
-
-    def add_noise(self, x0, k, eps):
-        import torch
-
-        ab = torch.as_tensor(self.alpha_bar, dtype=torch.float32, device=x0.device)[k]
-        return ab.sqrt()[:, None, None, None] * x0 + (1 - ab).sqrt()[:, None, None, None] * eps
 
 
 def make_optimizer(params: Iterable, optimizer: str, learning_rate: float) -> torch.optim.Optimizer:
@@ -190,7 +169,8 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _resolve_device(name: str) -> str:
+def resolve_device(name: str) -> str:
+    """The torch device of an ``images.device`` setting: ``"auto"`` -> cuda when available, else cpu."""
     import torch
 
     if name == "auto":
@@ -200,7 +180,8 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _class_index(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+def class_index(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """Positions (n,) int64 in ``classes`` of the original labels ``labels`` (n,) (the model's class indices)."""
     lookup = {c: i for i, c in enumerate(classes)}
     return np.array([lookup[int(v)] for v in labels], dtype=np.int64)
 
@@ -242,7 +223,7 @@ def train_unet(
         if backend == "nccl":
             torch.cuda.set_device(local)
     else:
-        device = _resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
     if cfg.batch_size % world:
         raise ValueError(f"images.batch_size = {cfg.batch_size}: must be divisible by the number of processes ({world})")
 
@@ -251,7 +232,7 @@ def train_unet(
     from classdiff.data.fashion_mnist import to_model_space
 
     x_all = torch.from_numpy(to_model_space(data.train_images[loaded["indices"]])).to(device)
-    y_all = torch.from_numpy(_class_index(loaded["labels"], cfg.classes)).to(device)
+    y_all = torch.from_numpy(class_index(loaded["labels"], cfg.classes)).to(device)
     n = x_all.shape[0]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -375,16 +356,3 @@ def train_unet(
             w.writerows(zip(history["step"], history["loss"]))
         write_json_atomic(out / "metrics" / "train.json", result)
     return result
-
-
-def train_and_evaluate_from_config(config: Config, out: str | Path, *, data_root: str | Path | None = None,
-                                   progress: bool = True) -> dict[str, Any]:
-    """Train (resuming if possible) then evaluate every checkpoint; the result of
-    :func:`classdiff.images.evaluation.evaluate_run` with the training summary under ``"training"``."""
-    from classdiff.images.evaluation import evaluate_run
-
-    train = train_unet(config, out, data_root=data_root, progress=progress)
-    result = evaluate_run(out, data_root=data_root, progress=progress)
-    result["training"] = {k: v for k, v in train.items() if k not in ("steps", "loss")}
-    result["training"]["final_loss"] = train["loss"][-1] if train["loss"] else None
-    return encode(result)

@@ -79,17 +79,17 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     from classdiff.data.fashion_mnist import to_model_space
     from classdiff.images.classifier import classifier_features, get_classifier
     from classdiff.images.ddpm import (
-        DDPMSchedule,
-        _class_index,
-        _resolve_device,
         build_model,
+        class_index,
         list_checkpoints,
         load_checkpoint,
         load_training_data,
+        resolve_device,
     )
     from classdiff.images.memorization import memorization_by_class
     from classdiff.images.quality import class_histogram, denoising_loss_by_class, frechet_by_class
     from classdiff.images.sampling import ddim_sample, fixed_noise
+    from classdiff.images.schedule import DDPMSchedule
     from classdiff.theory.data_statistics import image_class_statistics, predicted_order
 
     run = Path(run_dir)
@@ -100,7 +100,7 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise FileNotFoundError(f"{run}: no checkpoints under {run / 'checkpoints'}")
-    dev = _resolve_device(device or cfg.device)
+    dev = resolve_device(device or cfg.device)
     stored = read_json(run / "indices.json")
     if data_root is None and stored.get("data_root") and Path(stored["data_root"]).is_dir():
         data_root = stored["data_root"]
@@ -113,7 +113,7 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     k_cls = len(classes)
     x_train = to_model_space(data.train_images[loaded["indices"]])
     y_train = loaded["labels"]
-    ci_train = _class_index(y_train, classes)
+    ci_train = class_index(y_train, classes)
     test_sel = np.flatnonzero(np.isin(data.test_labels, classes))
     x_test_all, y_test_all = to_model_space(data.test_images[test_sel]), data.test_labels[test_sel].astype(np.int64)
 
@@ -166,7 +166,7 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
                                                   batch_size=cfg.eval_batch_size, device=dev,
                                                   conditional=cfg.class_conditional))
         loss_test.append(denoising_loss_by_class(model, schedule, x_test_all[te_sel],
-                                                 _class_index(y_test_all[te_sel], classes), ks, k_cls,
+                                                 class_index(y_test_all[te_sel], classes), ks, k_cls,
                                                  noise_draws=cfg.loss_noise_draws, seed=cfg.seed + 13,
                                                  batch_size=cfg.eval_batch_size, device=dev,
                                                  conditional=cfg.class_conditional))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classdiff.images.ddpm import DDPMSchedule
+from classdiff.images.schedule import DDPMSchedule
 
 __all__ = ["ddim_sample", "ddim_steps", "fixed_noise"]
 

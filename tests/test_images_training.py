@@ -231,6 +231,14 @@ def test_train_and_evaluate_cli(tmp_path, data_dir, monkeypatch):
     assert sum(c["n_nearest"] for c in per_class) == 24
     assert np.array(res["loss_train"]).shape == (3, 2, 3)
     assert [c["label"] for c in res["measured"]["classes"]] == [1, 4]
+    m = res["measured"]
+    for key in ("generalization_order", "memorization_order", "fmem_order"):  # ORDER_KEYS, + the f_mem order
+        assert set(m[key]) <= {1, 4} and len(set(m[key])) == len(m[key]), (key, m[key])
+    for c in m["classes"]:  # a time is a number, "inf", "nan" (not computed) or "not reached"; never null
+        for key in ("tau_gen", "tau_mem", "tau_fmem"):
+            assert c[key] in ("inf", "nan", "not reached") or isinstance(c[key], float), (key, c[key])
+    text = (run / "metrics" / "evaluation.json").read_text()
+    assert '"learning_order"' not in text.split('"theory"')[0]
     assert "available" in res["theory"]
     for stem in ("fmem_vs_step", "loss_gap_vs_step", "theory_vs_measured", "samples_step_00000030"):
         assert (run / "figures" / f"{stem}.png").is_file()

@@ -14,7 +14,11 @@ f_mem,c reaches half its final value), beside the theory's predicted order from 
 training subset (:func:`classdiff.theory.data_statistics.predicted_order`). The gap is measured from its value at the first
 checkpoint (the train and test image sets differ, so an untrained network already shows a small gap); a class whose
 gap grows by less than ``MIN_RELATIVE_GAP`` of its final test loss has not memorized within the run: its tau_mem,c
-is reported as ``None`` (not read off a curve that is noise around a constant).
+is reported as :data:`~classdiff.core.results.NOT_REACHED` (not read off a curve that is noise around a
+constant), as is any time the run did not reach. Class orders follow :func:`classdiff.core.readoff.class_order`
+(earliest first, not reached last) under the keys of :data:`~classdiff.core.readoff.ORDER_KEYS`
+(``generalization_order`` for tau_gen, ``memorization_order`` for tau_mem); the order by tau_fmem, which has no
+key there, is ``fmem_order``.
 
 Writes ``metrics/evaluation.json``, ``metrics/memorization.csv``, ``metrics/loss.csv``, ``metrics/quality.csv``,
 ``samples.npz`` (last checkpoint) and figures under ``figures/``.
@@ -23,6 +27,7 @@ Writes ``metrics/evaluation.json``, ``metrics/memorization.csv``, ``metrics/loss
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,12 +36,22 @@ import numpy as np
 
 from classdiff.core.config import load_config
 from classdiff.core.io import read_json, save_figure, save_npz_atomic, write_json_atomic
-from classdiff.core.readoff import crossing_time, generalization_time, memorization_time
+from classdiff.core.readoff import (
+    ORDER_KEYS,
+    class_order,
+    crossing_time,
+    generalization_time,
+    memorization_time,
+)
+from classdiff.core.results import NOT_REACHED, format_value, reached, time_or_nan
 
-__all__ = ["MIN_RELATIVE_GAP", "evaluate_run", "format_comparison"]
+__all__ = ["FMEM_ORDER_KEY", "MIN_RELATIVE_GAP", "evaluate_run", "format_comparison"]
 
 MIN_RELATIVE_GAP = 0.02
 """Smallest final train/test gap, as a fraction of the final test loss, read as memorization."""
+
+FMEM_ORDER_KEY = "fmem_order"
+"""The key of the class order by tau_fmem (f_mem,c reaching half its final value); :data:`ORDER_KEYS` has none."""
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -181,24 +196,27 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     for i, c in enumerate(classes):
         rec: dict[str, Any] = {"label": int(c), "count": int(loaded["counts"][i])}
         if len(steps) >= 2:
-            rec["tau_gen"] = float(generalization_time(steps_a, lte[:, i, 0]))
+            rec["tau_gen"] = reached(generalization_time(steps_a, lte[:, i, 0]))
             # the train and test image sets differ, so even the untrained network shows a gap: measure the
             # growth of the gap from the first checkpoint (train loss shifted by that offset)
             offset = lte[0, i, 0] - ltr[0, i, 0]
             growth = lte[-1, i, 0] - ltr[-1, i, 0] - offset
-            rec["tau_mem"] = float(memorization_time(steps_a, ltr[:, i, 0] + offset, lte[:, i, 0])) \
-                if growth > MIN_RELATIVE_GAP * lte[-1, i, 0] else None
+            rec["tau_mem"] = reached(memorization_time(steps_a, ltr[:, i, 0] + offset, lte[:, i, 0])) \
+                if growth > MIN_RELATIVE_GAP * lte[-1, i, 0] else NOT_REACHED
             final = fmem[-1, i]
-            rec["tau_fmem"] = float(crossing_time(steps_a, np.nan_to_num(fmem[:, i]), 0.5 * final)) \
-                if np.isfinite(final) and final > 0 else None
+            if not np.isfinite(final):  # f_mem,c not computed at the last checkpoint (no sample of the class)
+                rec["tau_fmem"] = math.nan
+            elif final > 0:
+                rec["tau_fmem"] = reached(crossing_time(steps_a, np.nan_to_num(fmem[:, i]), 0.5 * final))
+            else:
+                rec["tau_fmem"] = NOT_REACHED
         rec["f_mem_final"] = None if not np.isfinite(fmem[-1, i]) else float(fmem[-1, i])
         rec["loss_gap_final"] = float(lte[-1, i, 0] - ltr[-1, i, 0])
         measured.append(rec)
 
     def order(key: str) -> list[int]:
-        """Labels of the classes whose time was observed in the run, earliest first (the others never got there)."""
-        vals = [(r[key], r["label"]) for r in measured if r.get(key) is not None and np.isfinite(r[key])]
-        return [lab for _, lab in sorted(vals)]
+        """Labels by the per-class time ``key``, earliest first, not reached last (:func:`class_order`)."""
+        return class_order([r.get(key) for r in measured], [r["label"] for r in measured])
 
     result: dict[str, Any] = {
         "run_dir": str(run), "device": dev, "weights": "ema" if use_ema else "raw", "classes": list(classes), "counts": list(loaded["counts"]),
@@ -208,8 +226,8 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         "loss_train": ltr.tolist(), "loss_test": lte.tolist(),
         "frechet": [{str(k): v for k, v in r.items()} for r in fd_rows],
         "histogram_samples": hist_rows, "histogram_data": (counts / counts.sum()).tolist(),
-        "measured": {"classes": measured, "learning_order": order("tau_gen"),
-                     "memorization_order": order("tau_mem"), "fmem_order": order("tau_fmem")},
+        "measured": {"classes": measured, ORDER_KEYS["tau_gen"]: order("tau_gen"),
+                     ORDER_KEYS["tau_mem"]: order("tau_mem"), FMEM_ORDER_KEY: order("tau_fmem")},
         "theory": theory,
     }
     (run / "metrics").mkdir(exist_ok=True)
@@ -311,7 +329,7 @@ def _times_panel(ax, x: np.ndarray, records: list[dict[str, Any]], names: list[s
     the run did not reach is written as "not reached" at its slot (markers, not bars: a bar's length on a log axis
     depends on where the axis happens to start)."""
     for off, key, lab, marker in ((-0.12, "tau_gen", r"$\tau_{gen}$", "o"), (0.12, "tau_mem", r"$\tau_{mem}$", "s")):
-        vals = np.array([np.nan if r.get(key) is None else float(r[key]) for r in records])
+        vals = np.array([time_or_nan(r.get(key)) for r in records])
         ax.plot(x + off, vals, marker, ms=7, ls="none", label=lab)
         for xi, v in zip(x, vals, strict=True):
             if np.isfinite(v):
@@ -321,34 +339,39 @@ def _times_panel(ax, x: np.ndarray, records: list[dict[str, Any]], names: list[s
                 ax.text(xi + off, 0.04, "not reached", rotation=90, ha="center", va="bottom", fontsize=7,
                         transform=ax.get_xaxis_transform())
     ax.set_xlim(-0.6, len(x) - 0.4)
-    if np.isfinite([float(r[k]) for r in records for k in ("tau_gen", "tau_mem") if r.get(k) is not None]).any():
+    if np.isfinite([time_or_nan(r.get(k)) for r in records for k in ("tau_gen", "tau_mem")]).any():
         ax.set_yscale("log")
         ax.margins(y=0.2)
     ax.set_xticks(x, names, fontsize=8)
 
 
 def format_comparison(result: dict[str, Any]) -> str:
-    """A plain-text table: per class count, variance, centroid norm, predicted and measured times."""
+    """A plain-text table: per class count, variance, centroid norm, predicted and measured times
+    (:func:`classdiff.core.results.format_value`: "not reached", "nan" for not computed, "-" for absent)."""
     st = result["statistics"]
     th = result["theory"]
     th_by = {c["label"]: c for c in th.get("classes", [])} if th.get("available") else {}
-    lines = ["class  count  var/d   m_c    | theory tau_gen  tau_mem  | measured tau_gen  tau_mem  tau_fmem  f_mem",
-             "-" * 104]
+    lines = ["class  count  var/d   m_c    |  theory tau_gen     tau_mem |"
+             " measured tau_gen     tau_mem    tau_fmem       f_mem",
+             "-" * 113]
 
-    def fmt(v) -> str:
-        return "   -    " if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:8.3g}"
+    def fmt(v: Any) -> str:
+        return f"{format_value(v, '.3g'):>11}"
 
     for i, rec in enumerate(result["measured"]["classes"]):
         c = rec["label"]
         t = th_by.get(c, {})
         lines.append(f"{c:5d}  {st['counts'][i]:5d}  {st['variances'][i]:.3f}  {st['centroid_norms'][i]:.3f}  |"
-                     f"       {fmt(t.get('tau_gen'))} {fmt(t.get('tau_mem'))} |         {fmt(rec.get('tau_gen'))}"
+                     f"     {fmt(t.get('tau_gen'))} {fmt(t.get('tau_mem'))} |     {fmt(rec.get('tau_gen'))}"
                      f" {fmt(rec.get('tau_mem'))} {fmt(rec.get('tau_fmem'))} {fmt(rec.get('f_mem_final'))}")
+    gen_key, mem_key = ORDER_KEYS["tau_gen"], ORDER_KEYS["tau_mem"]
     if th.get("available"):
-        lines.append(f"theory   learning order {th['learning_order']}, memorization order {th['memorization_order']}")
+        # the theory's orders under the same keys (theory.data_statistics; its older "learning_order" accepted)
+        gen = th.get(gen_key, th.get("learning_order"))
+        lines.append(f"theory   generalization order {gen}, memorization order {th.get(mem_key)}")
     else:
         lines.append(f"theory   {th.get('reason')}")
     m = result["measured"]
-    lines.append(f"measured learning order {m['learning_order']}, memorization order (loss gap) "
-                 f"{m['memorization_order']}, (f_mem) {m['fmem_order']}")
+    lines.append(f"measured generalization order {m[gen_key]}, memorization order (loss gap) "
+                 f"{m[mem_key]}, (f_mem) {m[FMEM_ORDER_KEY]}")
     return "\n".join(lines)

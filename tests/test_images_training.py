@@ -257,3 +257,23 @@ def test_subset_larger_than_class_is_a_clear_cli_error(tmp_path, data_dir, capsy
     cfg_path = save_config(Config(images=tiny(counts=(16, 25))), tmp_path / "c.toml")
     assert cli.main(["train", str(cfg_path), "--out", str(tmp_path / "r"), "--data-dir", str(data_dir)]) == 1
     assert "class 4 (Coat): asked for 25 images but only 20 exist" in capsys.readouterr().err
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_checkpoint_with_a_code_running_object_is_refused(tmp_path):
+    """load_checkpoint unpickles with weights_only=True: an object that would run code is refused, naming the file;
+    a plain checkpoint (tensors, plain values, numpy RNG state of older runs) loads."""
+    from classdiff.images.ddpm import load_checkpoint
+
+    bad = tmp_path / "step_00000001.pt"
+    torch.save({"step": 1, "model": {"w": torch.ones(2)}, "extra": _RunsCodeWhenUnpickled()}, bad)
+    with pytest.raises(ValueError, match=r"step_00000001\.pt: refused to load"):
+        load_checkpoint(bad)
+    plain = tmp_path / "plain.pt"
+    torch.save({"step": 2, "model": {"w": torch.ones(2)}, "rng": {"numpy": np.random.get_state()}}, plain)  # noqa: NPY002
+    state = load_checkpoint(plain)
+    assert state["step"] == 2 and torch.equal(state["model"]["w"], torch.ones(2))

@@ -151,10 +151,38 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def _numpy_rng_state() -> list[Any]:
+    """numpy's global RNG state as plain values: [name, keys (624 ints), pos, has_gauss, cached_gaussian]."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (saves the global state)
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _set_numpy_rng_state(state: Any) -> None:
+    """Restore numpy's global RNG from :func:`_numpy_rng_state` (or the tuple of older checkpoints)."""
+    name, keys, pos, has_gauss, gauss = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))  # noqa: NPY002
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The state saved by :func:`train_unet` at ``path``, tensors on ``device``.
+
+    Loaded with ``torch.load(weights_only=True)``: tensors, state dicts and plain Python values only, so a file
+    holding any other pickled object (which could run code when unpickled) is refused with a ``ValueError`` naming
+    the file. numpy arrays are allowed as well, for the RNG state of checkpoints written before it was saved as a
+    plain list.
+    """
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location=device, weights_only=False)
+    reconstruct = np.zeros(1, dtype=np.uint32).__reduce__()[0]  # numpy's array unpickler, without private imports
+    numpy_arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct]
+    try:
+        with torch.serialization.safe_globals(numpy_arrays):
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused to load this checkpoint: it holds objects other than tensors, state "
+                         f"dicts and plain Python values (torch.load weights_only=True): {e}") from e
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -261,7 +289,7 @@ def train_unet(
         if ema is not None and state.get("ema") is not None:
             ema = state["ema"]
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002 (restores the global state)
+        _set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         history = state["history"]
         window = list(state.get("loss_window", []))
@@ -311,7 +339,8 @@ def train_unet(
 
             dist.all_reduce(logged)
             logged = logged / world
-        window.append(float(logged))
+        last_loss = float(logged)  # a detached scalar (the postfix below must not convert the graph's loss)
+        window.append(last_loss)
         imgs += cfg.batch_size
         done = step + 1
         if done % log_every == 0 or done == cfg.steps:
@@ -321,14 +350,13 @@ def train_unet(
         if bar is not None:
             bar.update(1)
             if done % 10 == 0 or done == cfg.steps:
-                bar.set_postfix(loss=f"{history['loss'][-1] if history['loss'] else float(loss):.4f}",
+                bar.set_postfix(loss=f"{history['loss'][-1] if history['loss'] else last_loss:.4f}",
                                 img_s=f"{imgs / (time.perf_counter() - t0):.0f}")
         if done in save_at and rank == 0:
             _save_checkpoint(out / CHECKPOINT_DIR / f"step_{done:08d}.pt", {
                 "step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "ema": ema, "history": history, "loss_window": list(window),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
-                        "python": random.getstate()},
+                "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
                 "config": full.to_dict(),
             })
         if distributed and done in save_at:

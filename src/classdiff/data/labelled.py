@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["ClassStatistics", "class_statistics", "check_labelled", "load_labelled"]
+__all__ = ["ClassStatistics", "check_labelled", "class_statistics", "load_labelled"]
 
 
 def check_labelled(x: ArrayLike, y: ArrayLike, *, source: str = "data",

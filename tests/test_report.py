@@ -54,7 +54,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (make test installs Debian's chromium as root)")
 def test_report_renders_every_figure_in_headless_chromium(tmp_path):
     run = _make_run(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "classdiff", "report", str(run), "--json"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "classdiff", "report", str(run), "--json",
+                          "--out", str(tmp_path / "cli-out")], capture_output=True,
                          text=True, check=True)
     assert '"figures": 2' in res.stdout
     # corrupt one copy of the page's images to prove the check can fail

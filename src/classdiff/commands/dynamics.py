@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
 
 HELP = "Per-class train/test loss and score error of the random-features model over training time."
 
@@ -21,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="override training.seeds")
 
 
-def _iterative(config: Any, result: dict[str, Any]) -> dict[str, Any]:
+def _iterative(config: Config, result: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from classdiff.data.mixture import GaussianMixture
@@ -103,3 +106,10 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         _figure(result, c, out)
     result["figures"] = [f"dynamics_class{c}.png" for c in range(K)]
     return result
+
+
+def point(config: Config) -> dict[str, Any]:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``dynamics_from_config`` of ``config``, nothing written."""
+    from classdiff.rf.model import dynamics_from_config
+
+    return dynamics_from_config(config)

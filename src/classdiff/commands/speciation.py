@@ -101,3 +101,10 @@ def plot_speciation(result: SpeciationResult, stem: Path) -> None:
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     save_figure(fig, stem)
+
+
+def point(config: Config) -> SpeciationResult:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``speciation_from_config`` of ``config``, nothing written."""
+    from classdiff.theory.speciation import speciation_from_config
+
+    return speciation_from_config(config)

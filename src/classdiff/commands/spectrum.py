@@ -105,3 +105,10 @@ def spectrum_stage(config: Config, out: Path, sampled: str = "none", sampled_dim
              f"({m.geometry}); psi_p = {mo.psi_p}, psi_n = {mo.psi_n}, t = {mo.time}")
     plot_spectrum(data, out / "spectrum", result.sampled_eigenvalues, title)
     return result
+
+
+def point(config: Config) -> SpectrumResult:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``spectrum_from_config`` of ``config``, nothing written."""
+    from classdiff.theory.spectrum import spectrum_from_config
+
+    return spectrum_from_config(config)

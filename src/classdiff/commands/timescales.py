@@ -133,3 +133,10 @@ def phase_stage(config: Config, result: TimescalesResult, out: Path, predictor: 
     save_npz_atomic(out / "phase.npz", **{f"vi_{k_}": np.asarray(v) for k_, v in vi.items()},
                     **{f"cap_{k_}": np.asarray(v) for k_, v in cap.items()})
     return phase
+
+
+def point(config: Config) -> TimescalesResult:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``timescales_from_config`` of ``config``, nothing written."""
+    from classdiff.theory.timescales import timescales_from_config
+
+    return timescales_from_config(config)

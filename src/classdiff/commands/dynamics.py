@@ -85,15 +85,21 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    import numpy as np
-
     from classdiff.core.config import load_config
-    from classdiff.core.io import save_npz_atomic
-    from classdiff.rf.model import dynamics_from_config
 
     config = load_config(args.config)
     if args.seeds is not None:
         config = config.with_overrides({"training.seeds": args.seeds})
+    return dynamics_stage(config, out)
+
+
+def dynamics_stage(config: Config, out: Path) -> dict[str, Any]:
+    """The exact RF dynamics of ``config`` with its curves (``curves.npz``) and figures written under ``out``."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.rf.model import dynamics_from_config
+
     result = dynamics_from_config(config)
     if config.training.method == "iterative":
         result["iterative"] = _iterative(config, result)

@@ -37,10 +37,26 @@ def test_audit_recovers_variance_ordering(tmp_path):
     import json
 
     out = json.loads(res.stdout)
-    assert out["learning_order"] == [4, 3]  # the higher-variance class (label 4) is learned first
+    assert out["generalization_order"] == [4, 3]  # the higher-variance class (label 4) is learned first
     gen = {c["label"]: c["tau_gen"] for c in out["classes"]}
     assert gen[4] < gen[3]
     assert (tmp_path / "out" / "audit.png").is_file()
+
+
+def test_predict_for_data_maps_labels_through_the_mixture():
+    from classdiff.theory.audit import audit, predict_for_data
+    from classdiff.theory.data_statistics import image_class_statistics, predicted_order
+
+    x, y = _data()
+    pred = predict_for_data(x, y)
+    assert [c.label for c in pred.timescales.classes] == [3, 4]
+    assert pred.generalization_order == [4, 3]
+    assert pred.psi_n == len(y) / x.shape[1]
+    res = audit(x, y)
+    assert [c.tau_gen for c in res.classes] == [c.tau_gen for c in pred.timescales.classes]
+    legacy = predicted_order(image_class_statistics(x, y))  # the deprecated alias gives the same prediction
+    assert legacy["available"] and legacy["generalization_order"] == [4, 3]
+    assert [c["tau_gen"] for c in legacy["classes"]] == [c.tau_gen for c in pred.timescales.classes]
 
 
 def test_bad_data_file(tmp_path):

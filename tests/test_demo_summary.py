@@ -1,41 +1,100 @@
-"""The demo's summary table reads the keys the stages really write."""
+"""The demo calls the library stage by stage, writes each stage's results.json, and builds its summary from the
+returned stage results (the slow U-Net stage replaced by a stand-in that returns the evaluation layout)."""
 
 from __future__ import annotations
 
-from classdiff.commands.demo import format_table, summary_rows
+import argparse
+
+import pytest
+
+from classdiff.commands import demo
+from classdiff.core.config import save_config
+from classdiff.core.io import read_json
+from classdiff.core.readoff import ORDER_KEYS, class_order
+from classdiff.core.results import encode
+from classdiff.theory.timescales import TimescalesResult
+
+TINY = {
+    "mixture": {"dim": 24, "weights": [0.7, 0.3], "variances": [0.5, 1.5], "centroid_norms": [1.0, 1.0],
+                "geometry": "antipodal"},
+    "model": {"psi_p": 2.0, "psi_n": 1.0, "time": 0.1},
+    "training": {"n_times": 40, "test_samples": 200, "score_samples": 200, "seeds": 1},
+    "theory": {"n_lambda": 100, "n_scan": 120, "n_trajectories": 200, "n_steps": 40, "n_branch_times": 4,
+               "bootstrap": 10},
+}
 
 
-def test_summary_rows_rank_rf_and_unet_classes() -> None:
-    results = {
-        "2-timescales": {"classes": [{"label": 0, "tau_gen": 5.0, "tau_mem": 400.0},
-                                     {"label": 1, "tau_gen": 2.0, "tau_mem": 900.0}]},
-        "3-dynamics": {"classes": [{"label": 0, "tau_gen": 6.0, "tau_mem": 380.0},
-                                   {"label": 1, "tau_gen": 1.5, "tau_mem": None}]},
-        "5-unet": {"evaluation": {
-            "measured": {"classes": [{"label": 3, "f_mem_final": 0.25}, {"label": 7, "f_mem_final": 0.0}],
-                         "learning_order": [7, 3], "memorization_order": [3, 7]},
-            "theory": {"available": True, "learning_order": [3, 7], "memorization_order": [7, 3]},
-        }},
-    }
-    rows = summary_rows(results)
-    rf = [r for r in rows if r["experiment"] == "random features"]
-    unet = [r for r in rows if r["experiment"] == "U-Net Fashion-MNIST"]
-    assert [r["predicted order"] for r in rf] == [2, 1]
-    assert [r["measured order"] for r in rf] == [2, 1]
-    assert [r["predicted memorization order"] for r in rf] == [1, 2]
-    assert [r["measured memorization order"] for r in rf] == [1, None]
-    assert [r["class"] for r in unet] == [3, 7]
-    assert [r["predicted order"] for r in unet] == [1, 2]
-    assert [r["measured order"] for r in unet] == [2, 1]
-    assert [r["measured memorization order"] for r in unet] == [1, 2]
-    assert [r["f_mem"] for r in unet] == [0.25, 0.0]
-    table = format_table(rows)
+def _fake_unet(config, out):
+    """Stand-in for train_unet + evaluate_run: the evaluation layout, labels of the [images] classes."""
+    a, b = config.images.classes
+    return {"training": {"steps": [1], "loss": [0.5]},
+            "evaluation": {"measured": {"classes": [{"label": a, "f_mem_final": 0.25}, {"label": b, "f_mem_final": 0.0}],
+                                        ORDER_KEYS["tau_gen"]: [b, a], ORDER_KEYS["tau_mem"]: [a, b]},
+                           "theory": {"available": True, ORDER_KEYS["tau_gen"]: [a, b],
+                                      ORDER_KEYS["tau_mem"]: [b, a]}}}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from classdiff.core.config import Config
+
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg = Config.from_dict(TINY)
+    path = save_config(cfg, tmp / "tiny.toml")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(demo, "unet_stage", _fake_unet)
+    try:
+        result = demo.run(argparse.Namespace(config=path, skip=[]), tmp / "out")
+    finally:
+        mp.undo()
+    return result, tmp / "out"
+
+
+def test_every_stage_ran_and_wrote_its_results(demo_run):
+    result, out = demo_run
+    assert [s.stage for s in result.stages] == [f for f, _ in demo.STAGES]
+    assert all(s.ok for s in result.stages), [s.error for s in result.stages]
+    for folder, _ in demo.STAGES:
+        on_disk = read_json(out / folder / "results.json")
+        assert on_disk == read_json_roundtrip(result.results[folder])
+    assert isinstance(result.results["2-timescales"], TimescalesResult)
+    assert (out / "1-spectrum" / "spectrum.png").is_file() and (out / "rf_dynamics_with_theory.png").is_file()
+    assert (out / "results.json").is_file() and (out / "report.html").is_file()
+
+
+def read_json_roundtrip(value):
+    from classdiff.core.results import decode
+
+    return decode(encode(value))
+
+
+def test_summary_comes_from_the_stage_results(demo_run):
+    result, out = demo_run
+    theory = result.results["2-timescales"]
+    dyn = result.results["3-dynamics"]["classes"]
+    rf = [r for r in result.summary if r.experiment == "random features"]
+    assert [r.label for r in rf] == [c.label for c in theory.classes]
+    for r in rf:
+        assert r.predicted_order == theory.generalization_order.index(r.label) + 1
+        assert r.predicted_memorization_order == theory.memorization_order.index(r.label) + 1
+    measured = class_order([demo.measured_time(c["tau_gen"]) for c in dyn], [c["label"] for c in dyn])
+    assert [r.measured_order for r in rf] == [measured.index(r.label) + 1 for r in rf]
+    evaluation = result.results["5-unet"]["evaluation"]
+    unet = [r for r in result.summary if r.experiment == "U-Net Fashion-MNIST"]
+    assert [r.label for r in unet] == [c["label"] for c in evaluation["measured"]["classes"]]
+    for r in unet:
+        assert r.measured_order == evaluation["measured"][ORDER_KEYS["tau_gen"]].index(r.label) + 1
+        assert r.predicted_order == evaluation["theory"][ORDER_KEYS["tau_gen"]].index(r.label) + 1
+        assert r.predicted_memorization_order == evaluation["theory"][ORDER_KEYS["tau_mem"]].index(r.label) + 1
+    assert [r.f_mem for r in unet] == [c["f_mem_final"] for c in evaluation["measured"]["classes"]]
+    table = demo.format_table(result.summary)
     assert "U-Net Fashion-MNIST" in table and "0.25" in table
+    assert read_json(out / "results.json")["summary"] == read_json_roundtrip(result.summary)
 
 
-def test_summary_rows_without_theory_leaves_prediction_empty() -> None:
-    results = {"5-unet": {"evaluation": {
-        "measured": {"classes": [{"label": 0, "f_mem_final": None}], "learning_order": [0], "memorization_order": [0]},
-        "theory": {"available": False, "reason": "psi out of range"}}}}
-    (row,) = summary_rows(results)
-    assert row["predicted order"] is None and row["measured order"] == 1 and row["f_mem"] is None
+def test_summary_without_theory_leaves_prediction_empty():
+    evaluation = _fake_unet(type("C", (), {"images": type("I", (), {"classes": (0, 1)})})(), None)["evaluation"]
+    evaluation["theory"] = {"available": False, "reason": "psi out of range"}
+    rows = demo.summary_rows({"5-unet": {"evaluation": evaluation}})
+    assert [r.predicted_order for r in rows] == [None, None]
+    assert [r.measured_order for r in rows] == [2, 1]

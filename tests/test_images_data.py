@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from classdiff.data import fashion_mnist as fm
-from classdiff.theory.data_statistics import image_class_statistics, theory_config
+from classdiff.data.labelled import class_statistics as image_class_statistics
+from classdiff.data.mixture import GaussianMixture
 
 
 @pytest.fixture
@@ -172,15 +173,13 @@ def test_class_statistics_against_direct_computation():
     assert st.centroid_distances[0, 1] == pytest.approx(
         np.linalg.norm(x[y == 4].mean(0) - x[y == 9].mean(0)) / np.sqrt(6), rel=1e-12)
     assert st.weights.tolist() == [0.8, 0.2]
-    cfg = theory_config(st)
-    assert cfg.mixture.dim == 6 and cfg.mixture.weights == (0.8, 0.2)
-    assert cfg.model.psi_n == pytest.approx(50 / 6)
-    np.testing.assert_allclose(cfg.mixture.centroids, st.centroids)
+    fitted = GaussianMixture.fit(x, y)
+    assert fitted.dim == 6 and fitted.weights.tolist() == [0.8, 0.2] and fitted.labels_.tolist() == [4, 9]
+    np.testing.assert_allclose(fitted.centroids, st.centroids)
+    np.testing.assert_allclose(fitted.variances, st.variances)
 
 
-def test_predicted_order_maps_labels_and_is_guarded(monkeypatch):
-    import sys
-
+def test_predicted_order_maps_labels():
     from classdiff.theory.data_statistics import predicted_order
 
     rng = np.random.default_rng(0)
@@ -188,10 +187,7 @@ def test_predicted_order_maps_labels_and_is_guarded(monkeypatch):
     y = np.array([2] * 60 + [5] * 20)
     st = image_class_statistics(x, y)
     res = predicted_order(st)
-    if res["available"]:
-        assert [c["label"] for c in res["classes"]] == [2, 5]
-        assert sorted(res["learning_order"]) == [2, 5] and sorted(res["memorization_order"]) == [2, 5]
-        assert res["psi_n"] == pytest.approx(80 / 40)
-    monkeypatch.setitem(sys.modules, "classdiff.theory.timescales", None)  # the theory module missing
-    res = predicted_order(st)
-    assert res["available"] is False and "classdiff.theory.timescales is not available" in res["reason"]
+    assert res["available"] is True
+    assert [c["label"] for c in res["classes"]] == [2, 5]
+    assert sorted(res["generalization_order"]) == [2, 5] and sorted(res["memorization_order"]) == [2, 5]
+    assert res["psi_n"] == pytest.approx(80 / 40)

@@ -54,15 +54,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (make test installs Debian's chromium as root)")
 def test_report_renders_every_figure_in_headless_chromium(tmp_path):
     run = _make_run(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "classdiff", "report", str(run), "--json"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "classdiff", "report", str(run), "--json",
+                          "--out", str(tmp_path / "cli-out")], capture_output=True,
                          text=True, check=True)
     assert '"figures": 2' in res.stdout
+    good = tmp_path / "cli-out" / "report.html"  # --out keeps the test from writing runs/ into the repository
     # corrupt one copy of the page's images to prove the check can fail
-    page = (run / "report.html").read_text()
+    page = good.read_text()
     broken = tmp_path / "broken.html"
     broken.write_text(page.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1))
     results = {}
-    for name, path in (("good", run / "report.html"), ("broken", broken)):
+    for name, path in (("good", good), ("broken", broken)):
         dom = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",

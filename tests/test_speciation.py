@@ -218,10 +218,12 @@ def _config(**theory):
 
 
 def test_speciation_from_config_keys_and_determinism():
-    a = speciation_from_config(_config())
-    b = speciation_from_config(_config())
+    from classdiff.core.results import encode
+
+    a = encode(speciation_from_config(_config()))
+    b = encode(speciation_from_config(_config()))
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    c = speciation_from_config(_config(seed=4))
+    c = encode(speciation_from_config(_config(seed=4)))
     assert c["curves"]["phi"] != a["curves"]["phi"]
     assert [k["label"] for k in a["classes"]] == [0, 1]
     for cls in a["classes"]:
@@ -229,6 +231,19 @@ def test_speciation_from_config_keys_and_determinism():
     assert np.array(a["curves"]["phi"]).shape == (6, 2)
     assert a["speciation_order_theory"] == [0, 1]  # rho = 0.7 / 0.3: the majority commits first
     assert sorted(a["speciation_order_simulated"]) == [0, 1]
+
+
+def test_committed_at_start_is_inf_not_null():
+    from classdiff.core.results import encode
+
+    res = speciation_from_config(_config().with_overrides({"mixture.weights": [0.95, 0.05]}))
+    committed = [c for c in res.classes if c.committed_at_start]
+    assert committed, "expected the majority to be committed at the start"
+    out = encode(res)
+    for c in committed:
+        assert c.t_speciation_theory == np.inf
+        assert out["classes"][c.label]["t_speciation_theory"] == "inf"
+    assert res.speciation_order_theory[0] == committed[0].label
 
 
 def test_cli_writes_results_and_figure(tmp_path):

@@ -182,9 +182,13 @@ def test_memorization_sub_bulks_and_anomalous_bulk():
 
 def test_spectrum_from_config_json_keys():
     cfg = make_config(**CASES["K2-var"]).with_overrides({"theory.n_lambda": 100, "theory.n_scan": 120})
-    out = spectrum_from_config(cfg)
+    from classdiff.core.results import encode
+
+    res = spectrum_from_config(cfg)
+    out = res.to_dict()
+    assert set(encode(res)) == set(out)
     for key in ("lambda", "density", "edges", "outliers"):
         assert key in out
     assert len(out["lambda"]) == len(out["density"])
     again = spectrum_from_config(cfg)
-    np.testing.assert_array_equal(out["density"], again["density"])
+    np.testing.assert_array_equal(out["density"], again.density)

@@ -109,13 +109,32 @@ def test_losses_start_at_one_and_gap_is_positive(loss_model):
 
 
 def test_timescales_json_keys_and_determinism():
+    from classdiff.core.readoff import ORDER_KEYS
+    from classdiff.core.results import encode
+
     cfg = setting_config(2.0, 1.0, 0.1, [0.5, 2.0], [0.5, 0.5], [0, 0]).with_overrides({"training.n_times": 60})
-    out = timescales_from_config(cfg)
+    res = timescales_from_config(cfg)
+    out = encode(res)
     assert [c["label"] for c in out["classes"]] == [0, 1]
     for c in out["classes"]:
         assert c["tau_gen"] > 0 and c["tau_mem"] > c["tau_gen"]
+    assert out[ORDER_KEYS["tau_gen"]] == [1, 0]  # the higher-variance class generalizes first
+    assert "two-resolvent" in out["definitions"]["closure"] and "mode-diagonal" not in out["definitions"]["closure"]
     again = timescales_from_config(cfg)
-    assert [c["tau_gen"] for c in again["classes"]] == [c["tau_gen"] for c in out["classes"]]
+    assert [c.tau_gen for c in again.classes] == [c.tau_gen for c in res.classes]
+
+
+def test_mixture_entry_point_is_the_config_path():
+    from classdiff.theory.spectrum import training_mixture
+    from classdiff.theory.timescales import class_timescales_for_mixture
+
+    cfg = setting_config(2.0, 1.0, 0.1, [0.5, 2.0], [0.5, 0.5], [0, 0]).with_overrides({"training.n_times": 60})
+    a = timescales_from_config(cfg)
+    mixture = training_mixture(cfg)
+    b = class_timescales_for_mixture(mixture, cfg.model, cfg.theory, cfg.training, labels=[7, 3])
+    assert [c.tau_gen for c in b.classes] == [c.tau_gen for c in a.classes]
+    assert [c.tau_mem for c in b.classes] == [c.tau_mem for c in a.classes]
+    assert b.generalization_order == [{0: 7, 1: 3}[i] for i in a.generalization_order]
 
 
 def test_reversal_boundary_interpolates_sign_change():

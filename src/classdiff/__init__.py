@@ -4,7 +4,7 @@ The theory modules (numpy/scipy only) are imported lazily so that ``import class
 torch-based modules (U-Net, iterative random-features trainer) are imported only when used.
 
 Public API (mirrors the CLI): ``GaussianMixture``, ``RandomFeaturesScore``, ``FeatureSpectrum``,
-``class_timescales``, ``speciation_times``, ``train_unet``, ``memorization_by_class``, ``load_config``.
+``class_timescales``, ``class_timescales_for_mixture``, ``predict_for_data``, ``speciation_times``, ``train_unet``, ``memorization_by_class``, ``load_config``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ _LAZY = {
     "RandomFeaturesScore": "classdiff.rf.model",
     "FeatureSpectrum": "classdiff.theory.spectrum",
     "class_timescales": "classdiff.theory.timescales",
+    "class_timescales_for_mixture": "classdiff.theory.timescales",
+    "predict_for_data": "classdiff.theory.audit",
     "speciation_times": "classdiff.theory.speciation",
     "train_unet": "classdiff.images.ddpm",
     "memorization_by_class": "classdiff.images.memorization",

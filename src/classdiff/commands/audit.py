@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from classdiff.theory.audit import AuditResult
 
 HELP = "Per-class statistics and predicted learning/memorization order of any labelled data set."
 
@@ -16,9 +20,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", type=float, default=None, help="override model.time (diffusion time t)")
 
 
-def run(args: argparse.Namespace, out: Path) -> dict:
+def run(args: argparse.Namespace, out: Path) -> AuditResult:
     from classdiff.core.config import load_config
-    from classdiff.theory.audit import audit, load_labelled
+    from classdiff.data.labelled import load_labelled
+    from classdiff.theory.audit import audit
 
     base = load_config(args.config)
     overrides = {k: v for k, v in (("model.psi_p", args.psi_p), ("model.time", args.time)) if v is not None}
@@ -27,12 +32,12 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     x, y = load_labelled(args.data)
     result = audit(x, y, base)
     _plot(result, out)
-    for w in result["warnings"]:
+    for w in result.warnings:
         print("warning:", w)
     return result
 
 
-def _plot(result: dict, out: Path) -> None:
+def _plot(result: AuditResult, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,19 +45,20 @@ def _plot(result: dict, out: Path) -> None:
     import numpy as np
 
     from classdiff.core.io import save_figure
+    from classdiff.core.results import time_or_nan
 
-    classes = result["classes"]
-    labels = [str(c["label"]) for c in classes]
+    classes = result.classes
+    labels = [str(c.label) for c in classes]
     pos = np.arange(len(classes))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    axes[0].bar(pos - 0.2, [c["variance"] for c in classes], 0.4, label="variance tr(Σ_c)/d")
-    axes[0].bar(pos + 0.2, [c["weight"] for c in classes], 0.4, label="weight ρ_c")
+    axes[0].bar(pos - 0.2, [c.variance for c in classes], 0.4, label="variance tr(Σ_c)/d")
+    axes[0].bar(pos + 0.2, [c.weight for c in classes], 0.4, label="weight ρ_c")
     axes[0].set_xticks(pos, labels)
     axes[0].set_xlabel("class")
     axes[0].legend(fontsize=8)
     axes[0].set_title("per-class statistics")
-    gen = [np.nan if c["tau_gen"] is None else c["tau_gen"] for c in classes]
-    mem = [np.nan if c["tau_mem"] is None else c["tau_mem"] for c in classes]
+    gen = [time_or_nan(c.tau_gen) for c in classes]
+    mem = [time_or_nan(c.tau_mem) for c in classes]
     axes[1].bar(pos - 0.2, gen, 0.4, label="τ_gen (predicted)")
     axes[1].bar(pos + 0.2, mem, 0.4, label="τ_mem (predicted)")
     axes[1].set_yscale("log")

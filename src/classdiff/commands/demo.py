@@ -2,27 +2,39 @@
 timescales overlaid, speciation under imbalance, and a small U-Net on imbalanced Fashion-MNIST — then one
 HTML report and a summary table (class, predicted order, measured order, f_mem at the end).
 
-Each stage is the corresponding CLI command run into a sub-folder of the output folder, so every stage can
-be re-run or inspected on its own; a stage that fails is reported and the others still run.
+Each stage calls the library (the ``*_stage`` function of its command module, or
+:func:`classdiff.images.ddpm.train_unet` and :func:`classdiff.images.evaluation.evaluate_run`) into a
+sub-folder of the output folder, writes that folder's ``results.json`` and figures, and hands its result on;
+the summary is built from those returned results. A stage that fails is reported and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from classdiff.core.readoff import ORDER_KEYS, class_order
+from classdiff.core.results import NOT_REACHED, Time, format_value
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
+    from classdiff.theory.timescales import TimescalesResult
 
 HELP = "Run the default end-to-end pipeline (theory, RF dynamics, speciation, U-Net) on CPU."
 
-STAGES: list[tuple[str, str, list[str]]] = [
-    ("1-spectrum", "spectrum", []),
-    ("2-timescales", "timescales", []),
-    ("3-dynamics", "dynamics", []),
-    ("4-speciation", "speciation", []),
-    ("5-unet", "train", ["--evaluate", "--no-progress"]),
-]
+#: (sub-folder, command) of each stage, in the order they run
+STAGES: tuple[tuple[str, str], ...] = (
+    ("1-spectrum", "spectrum"),
+    ("2-timescales", "timescales"),
+    ("3-dynamics", "dynamics"),
+    ("4-speciation", "speciation"),
+    ("5-unet", "train"),
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,108 +46,215 @@ def default_config_path() -> Path:
     return Path(str(resources.files("classdiff") / "demo.toml"))
 
 
-def run(args: argparse.Namespace, out: Path) -> dict:
-    from classdiff.commands.cli import main as cli_main
+@dataclass
+class StageRecord:
+    """How one stage went: ``ok``, wall time, and the error message when it failed (None when it did not)."""
+
+    stage: str
+    command: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class SummaryRow:
+    """One (experiment, class) of the summary: ranks in the predicted and measured orders (1 = first; None:
+    the class is not in that order), and f_mem at the last checkpoint (None: does not apply)."""
+
+    experiment: str
+    label: int
+    predicted_order: int | None
+    measured_order: int | None
+    predicted_memorization_order: int | None
+    measured_memorization_order: int | None
+    f_mem: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experiment": self.experiment, "class": self.label, "predicted order": self.predicted_order,
+                "measured order": self.measured_order,
+                "predicted memorization order": self.predicted_memorization_order,
+                "measured memorization order": self.measured_memorization_order, "f_mem": self.f_mem}
+
+
+@dataclass
+class DemoResult:
+    """The ``demo`` result: the stages, the summary rows, and the stage results themselves (``results``,
+    by sub-folder; each is also in that sub-folder's ``results.json``)."""
+
+    config: str
+    stages: list[StageRecord]
+    summary: list[SummaryRow]
+    results: dict[str, Any] = field(default_factory=dict, repr=False)
+    report: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"description": "classdiff demo: theory and measurement per class", "config": self.config,
+                "stages": self.stages, "summary": self.summary, "report": self.report}
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def spectrum_stage(config: Config, out: Path) -> Any:
+    from classdiff.commands.spectrum import spectrum_stage as stage
+
+    return stage(config, out)
+
+
+def timescales_stage(config: Config, out: Path) -> Any:
+    from classdiff.commands.timescales import timescales_stage as stage
+
+    return stage(config, out)
+
+
+def dynamics_stage(config: Config, out: Path) -> Any:
+    from classdiff.commands.dynamics import dynamics_stage as stage
+
+    return stage(config, out)
+
+
+def speciation_stage(config: Config, out: Path) -> Any:
+    from classdiff.commands.speciation import speciation_stage as stage
+
+    return stage(config, out)
+
+
+def unet_stage(config: Config, out: Path) -> dict[str, Any]:
+    """Train the U-Net of ``[images]`` (resuming) and evaluate every checkpoint."""
+    from classdiff.images.ddpm import train_unet
+    from classdiff.images.evaluation import evaluate_run
+
+    training = train_unet(config, out, progress=False)
+    return {"training": training, "evaluation": evaluate_run(out, progress=False)}
+
+
+def _stage_functions() -> dict[str, Callable[[Config, Path], Any]]:
+    # looked up at call time, so that a test can replace one stage (e.g. the slow U-Net) by monkeypatching
+    return {"spectrum": spectrum_stage, "timescales": timescales_stage, "dynamics": dynamics_stage,
+            "speciation": speciation_stage, "train": unet_stage}
+
+
+def run_stages(config: Config, out: Path, skip: tuple[str, ...] | list[str] = ()) -> tuple[list[StageRecord],
+                                                                                         dict[str, Any]]:
+    """Run every stage not in ``skip`` into ``out/<stage>``, writing its ``results.json``; the records and the
+    results of the stages that succeeded, by sub-folder."""
+    from classdiff.core.config import save_config
+    from classdiff.core.io import write_json_atomic
+
+    functions = _stage_functions()
+    records: list[StageRecord] = []
+    results: dict[str, Any] = {}
+    for folder, command in STAGES:
+        if command in skip:
+            continue
+        t0 = time.perf_counter()
+        print(f"[demo] {command} ...", flush=True)
+        stage_out = out / folder
+        stage_out.mkdir(parents=True, exist_ok=True)
+        error = None
+        try:
+            save_config(config, stage_out / "config.toml")
+            result = functions[command](config, stage_out)
+            write_json_atomic(stage_out / "results.json", result)
+            results[folder] = result
+        except Exception as exc:  # keep going: the report says which stage failed and why
+            error = f"{type(exc).__name__}: {exc}"
+        seconds = time.perf_counter() - t0
+        records.append(StageRecord(folder, command, error is None, round(seconds, 1), error))
+        print(f"[demo] {command}: {'done' if error is None else 'FAILED'} in {seconds:.1f} s", flush=True)
+    return records, results
+
+
+def run(args: argparse.Namespace, out: Path) -> DemoResult:
     from classdiff.commands.report import write_report
     from classdiff.core.config import load_config, save_config
-    from classdiff.core.io import read_json
+    from classdiff.core.io import write_json_atomic
 
     config_path = args.config or default_config_path()
     config = load_config(config_path)
     save_config(config, out / "config.toml")
-    stages: list[dict[str, Any]] = []
-    for folder, command, extra in STAGES:
-        if command in args.skip:
-            continue
-        t0 = time.perf_counter()
-        print(f"[demo] {command} ...", flush=True)
-        try:
-            code = cli_main([command, str(out / "config.toml"), "--out", str(out / folder), *extra])
-        except Exception as exc:  # keep going: the report says which stage failed and why
-            code = f"{type(exc).__name__}: {exc}"
-        seconds = time.perf_counter() - t0
-        ok = code == 0 and (out / folder / "results.json").is_file()
-        stages.append({"stage": folder, "command": command, "ok": ok, "seconds": round(seconds, 1),
-                       "error": None if ok else str(code)})
-        print(f"[demo] {command}: {'done' if ok else 'FAILED'} in {seconds:.1f} s", flush=True)
-    results = {folder: read_json(out / folder / "results.json") for folder, *_ in STAGES
-               if (out / folder / "results.json").is_file()}
+    stages, results = run_stages(config, out, args.skip)
     summary = summary_rows(results)
-    _overlay_figure(results, out)
-    result = {"description": "classdiff demo: theory and measurement per class", "config": str(config_path),
-              "stages": stages, "summary": summary}
-    from classdiff.core.io import write_json_atomic
-
+    overlay_figure(results, out)
+    result = DemoResult(config=str(config_path), stages=stages, summary=summary, results=results)
     write_json_atomic(out / "results.json", result)
-    report = write_report(out, title="classdiff demo")
-    result["report"] = str(report)
+    result.report = str(write_report(out, title="classdiff demo"))
     print(format_table(summary))
-    print(f"[demo] report: {report}")
+    print(f"[demo] report: {result.report}")
     return result
 
 
-def _ranks(values: list[float | None]) -> list[int | None]:
-    finite = sorted((v, i) for i, v in enumerate(values) if v is not None)
-    ranks: list[int | None] = [None] * len(values)
-    for r, (_, i) in enumerate(finite, start=1):
-        ranks[i] = r
-    return ranks
+# ------------------------------------------------------------------------------------------------ summary
+def measured_time(value: Any) -> Time:
+    """A measured time as a :data:`~classdiff.core.results.Time`: None or nan (never reached) -> NOT_REACHED."""
+    if value is None or value is NOT_REACHED:
+        return NOT_REACHED
+    v = float(value)
+    return NOT_REACHED if v != v else v
 
 
-def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (experiment, class): predicted and measured learning order (1 = learned first), f_mem."""
-    rows: list[dict[str, Any]] = []
-    theory = results.get("2-timescales", {}).get("classes", [])
+def _rank(order: list[int] | None, label: int) -> int | None:
+    return order.index(label) + 1 if order and label in order else None
+
+
+def _order_of(section: dict[str, Any], key: str) -> list[int] | None:
+    # ORDER_KEYS names; "learning_order" is the retired name of the generalization order (older run folders)
+    name = ORDER_KEYS[key]
+    if name in section:
+        return section[name]
+    return section.get("learning_order") if key == "tau_gen" else None
+
+
+def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:
+    """One row per (experiment, class) from the stage results: predicted and measured orders (1 = first), f_mem.
+
+    ``results`` holds the returned results by sub-folder: ``2-timescales`` a
+    :class:`~classdiff.theory.timescales.TimescalesResult`, ``3-dynamics`` the dynamics dict, ``5-unet``
+    {"training", "evaluation"}; missing stages give no rows of their experiment.
+    """
+    rows: list[SummaryRow] = []
+    theory: TimescalesResult | None = results.get("2-timescales")
     measured = results.get("3-dynamics", {}).get("classes", [])
-    if theory or measured:
-        pred = _ranks([c.get("tau_gen") for c in theory])
-        meas = _ranks([c.get("tau_gen") for c in measured])
-        pred_m = _ranks([c.get("tau_mem") for c in theory])
-        meas_m = _ranks([c.get("tau_mem") for c in measured])
-        for i in range(max(len(theory), len(measured))):
-            rows.append({"experiment": "random features", "class": i,
-                         "predicted order": pred[i] if i < len(pred) else None,
-                         "measured order": meas[i] if i < len(meas) else None,
-                         "predicted memorization order": pred_m[i] if i < len(pred_m) else None,
-                         "measured memorization order": meas_m[i] if i < len(meas_m) else None,
-                         "f_mem": None})
-    unet = results.get("5-unet", {})
-    evaluation = unet.get("evaluation", {}) if isinstance(unet, dict) else {}
-    measured_u = evaluation.get("measured", {}) if isinstance(evaluation, dict) else {}
-    theory_u = evaluation.get("theory", {}) if isinstance(evaluation, dict) else {}
-
-    def rank_in(order: list[int] | None, label: int) -> int | None:
-        return order.index(label) + 1 if order and label in order else None
-
+    if theory is not None or measured:
+        th_labels = [c.label for c in theory.classes] if theory is not None else []
+        me_labels = [int(c.get("label", i)) for i, c in enumerate(measured)]
+        me_gen = class_order([measured_time(c.get("tau_gen")) for c in measured], me_labels)
+        me_mem = class_order([measured_time(c.get("tau_mem")) for c in measured], me_labels)
+        th_gen = theory.generalization_order if theory is not None else None
+        th_mem = theory.memorization_order if theory is not None else None
+        for label in dict.fromkeys(th_labels + me_labels):
+            rows.append(SummaryRow("random features", label, _rank(th_gen, label), _rank(me_gen, label),
+                                   _rank(th_mem, label), _rank(me_mem, label)))
+    evaluation = results.get("5-unet", {}).get("evaluation", {})
+    measured_u = evaluation.get("measured", {})
+    theory_u = evaluation.get("theory", {}) if evaluation.get("theory", {}).get("available") else {}
     for c in measured_u.get("classes", []):
         label = int(c["label"])
-        th_ok = bool(theory_u.get("available"))
-        rows.append({"experiment": "U-Net Fashion-MNIST", "class": label,
-                     "predicted order": rank_in(theory_u.get("learning_order"), label) if th_ok else None,
-                     "measured order": rank_in(measured_u.get("learning_order"), label),
-                     "predicted memorization order":
-                         rank_in(theory_u.get("memorization_order"), label) if th_ok else None,
-                     "measured memorization order": rank_in(measured_u.get("memorization_order"), label),
-                     "f_mem": c.get("f_mem_final")})
+        f_mem = c.get("f_mem_final")
+        rows.append(SummaryRow("U-Net Fashion-MNIST", label, _rank(_order_of(theory_u, "tau_gen"), label),
+                               _rank(_order_of(measured_u, "tau_gen"), label),
+                               _rank(_order_of(theory_u, "tau_mem"), label),
+                               _rank(_order_of(measured_u, "tau_mem"), label),
+                               None if f_mem is None else float(f_mem)))
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[SummaryRow]) -> str:
+    """The summary as a text table (:func:`classdiff.core.results.format_value`; "-" where a rank is absent)."""
     if not rows:
         return "(no summary: every stage failed)"
-    cols = list(rows[0])
-    cells = [cols] + [["–" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]))
-                       for c in cols] for r in rows]
+    dicts = [r.to_dict() for r in rows]
+    cols = list(dicts[0])
+    cells = [cols] + [[format_value(r[c], ".3g") for c in cols] for r in dicts]
     widths = [max(len(row[j]) for row in cells) for j in range(len(cols))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def _overlay_figure(results: dict[str, Any], out: Path) -> None:
+def overlay_figure(results: dict[str, Any], out: Path) -> None:
     """Measured per-class RF curves with the theory's predicted tau_gen / tau_mem overlaid."""
     dyn = results.get("3-dynamics")
-    theory = results.get("2-timescales", {}).get("classes", [])
+    theory: TimescalesResult | None = results.get("2-timescales")
     if not dyn or "tau" not in dyn:
         return
     import matplotlib
@@ -145,24 +264,29 @@ def _overlay_figure(results: dict[str, Any], out: Path) -> None:
     import numpy as np
 
     from classdiff.core.io import save_figure
+    from classdiff.core.results import is_reached
 
-    tau = np.array([np.inf if v is None else v for v in dyn["tau"]], dtype=float)
+    tau = np.asarray(dyn["tau"], dtype=float)
     finite = np.isfinite(tau) & (tau > 0)
     classes = dyn["classes"]
+    by_label = {c.label: c for c in theory.classes} if theory is not None else {}
     fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 3.6), squeeze=False)
-    for ax, cl in zip(axes[0], classes):
+    for i, (ax, cl) in enumerate(zip(axes[0], classes)):
+        label = int(cl.get("label", i))
         for key, style in (("train_loss", "-"), ("test_loss", "--")):
-            y = np.array([np.nan if v is None else v for v in cl[key]], dtype=float)
+            y = np.asarray(cl[key], dtype=float)
             ax.plot(tau[finite], y[finite], style, label=key.replace("_", " "))
-        th = next((c for c in theory if c.get("label") == cl.get("label")), {})
+        th = by_label.get(label)
         for key, color in (("tau_gen", "tab:green"), ("tau_mem", "tab:red")):
-            if cl.get(key) is not None:
-                ax.axvline(cl[key], color=color, lw=1, label=f"{key} measured")
-            if th.get(key) is not None:
-                ax.axvline(th[key], color=color, lw=1, ls=":", label=f"{key} theory")
+            t_meas = measured_time(cl.get(key))
+            if is_reached(t_meas) and np.isfinite(t_meas):
+                ax.axvline(t_meas, color=color, lw=1, label=f"{key} measured")
+            t_th = getattr(th, key) if th is not None else NOT_REACHED
+            if is_reached(t_th) and np.isfinite(t_th):
+                ax.axvline(t_th, color=color, lw=1, ls=":", label=f"{key} theory")
         ax.set_xscale("log")
         ax.set_xlabel("training time τ")
-        ax.set_title(f"class {cl.get('label')}")
+        ax.set_title(f"class {label}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out / "rf_dynamics_with_theory")

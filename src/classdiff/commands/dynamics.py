@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
 
 HELP = "Per-class train/test loss and score error of the random-features model over training time."
 
@@ -21,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="override training.seeds")
 
 
-def _iterative(config: Any, result: dict[str, Any]) -> dict[str, Any]:
+def _iterative(config: Config, result: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from classdiff.data.mixture import GaussianMixture
@@ -82,15 +85,21 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    import numpy as np
-
     from classdiff.core.config import load_config
-    from classdiff.core.io import save_npz_atomic
-    from classdiff.rf.model import dynamics_from_config
 
     config = load_config(args.config)
     if args.seeds is not None:
         config = config.with_overrides({"training.seeds": args.seeds})
+    return dynamics_stage(config, out)
+
+
+def dynamics_stage(config: Config, out: Path) -> dict[str, Any]:
+    """The exact RF dynamics of ``config`` with its curves (``curves.npz``) and figures written under ``out``."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.rf.model import dynamics_from_config
+
     result = dynamics_from_config(config)
     if config.training.method == "iterative":
         result["iterative"] = _iterative(config, result)
@@ -103,3 +112,10 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         _figure(result, c, out)
     result["figures"] = [f"dynamics_class{c}.png" for c in range(K)]
     return result
+
+
+def point(config: Config) -> dict[str, Any]:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``dynamics_from_config`` of ``config``, nothing written."""
+    from classdiff.rf.model import dynamics_from_config
+
+    return dynamics_from_config(config)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
+    from classdiff.theory.speciation import SpeciationResult
 
 HELP = "Per-class speciation times in the backward diffusion: theory and cloning simulation."
 
@@ -20,12 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="simulation precision (float32 only with --backend torch)")
 
 
-def run(args: argparse.Namespace, out: Path) -> dict:
-    import numpy as np
-
+def run(args: argparse.Namespace, out: Path) -> SpeciationResult:
     from classdiff.core.config import load_config
-    from classdiff.core.io import save_npz_atomic
-    from classdiff.theory.speciation import speciation_from_config
 
     config = load_config(args.config)
     overrides = {
@@ -39,19 +40,31 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     }
     if overrides:
         config = config.with_overrides(overrides)
-    result = speciation_from_config(config, backend=args.backend, device=args.device, dtype=args.dtype)
-    curves = result["curves"]
-    save_npz_atomic(out / "speciation.npz", **{k: np.asarray(v, dtype=np.float64) for k, v in curves.items()})
+    return speciation_stage(config, out, backend=args.backend, device=args.device, dtype=args.dtype)
+
+
+def speciation_stage(config: Config, out: Path, backend: str = "numpy", device: str = "auto",
+                     dtype: str = "float64") -> SpeciationResult:
+    """The speciation times of ``config`` with their curves (``speciation.npz``) and figure written under ``out``."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.core.results import format_value
+    from classdiff.theory.speciation import speciation_from_config
+
+    result = speciation_from_config(config, backend=backend, device=device, dtype=dtype)
+    save_npz_atomic(out / "speciation.npz", **{k: np.asarray(v, dtype=np.float64) for k, v in result.curves.items()})
     plot_speciation(result, out / "speciation")
-    for c in result["classes"]:
+    for c in result.classes:
         print(
-            f"class {c['label']} (rho = {c['weight']:.3g}): t_S theory {c['t_speciation_theory']:.3f}, "
-            f"simulated {c['t_speciation_simulated']:.3f}, closed form {c['t_speciation_closed_form']:.3f}"
+            f"class {c.label} (rho = {c.weight:.3g}): t_S theory {format_value(c.t_speciation_theory, '.3f')}, "
+            f"simulated {format_value(c.t_speciation_simulated, '.3f')}, "
+            f"closed form {format_value(c.t_speciation_closed_form, '.3f')}"
         )
     return result
 
 
-def plot_speciation(result: dict, stem: Path) -> None:
+def plot_speciation(result: SpeciationResult, stem: Path) -> None:
     """phi_c(t) per class: simulation (points, bootstrap 95% band), exact theory (line), t_S,c marked."""
     import matplotlib
 
@@ -60,25 +73,25 @@ def plot_speciation(result: dict, stem: Path) -> None:
     import numpy as np
 
     from classdiff.core.io import save_figure
+    from classdiff.core.results import is_reached
 
-    curves = result["curves"]
+    curves = result.curves
     tt = np.asarray(curves["theory_times"])
     th = np.asarray(curves["theory_phi"])
     tb = np.asarray(curves["branch_times"])
     ph, lo, hi = (np.asarray(curves[k]) for k in ("phi", "phi_lo", "phi_hi"))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for c, cls in enumerate(result["classes"]):
+    for c, cls in enumerate(result.classes):
         col = colors[c % len(colors)]
-        ax.plot(tt, th[:, c], color=col, lw=1.5, label=f"class {cls['label']} (ρ = {cls['weight']:.3g}) theory")
+        ax.plot(tt, th[:, c], color=col, lw=1.5, label=f"class {cls.label} (ρ = {cls.weight:.3g}) theory")
         ax.fill_between(tb, lo[:, c], hi[:, c], color=col, alpha=0.2, lw=0)
-        ax.plot(tb, ph[:, c], "o", color=col, ms=3.5, label=f"class {cls['label']} cloning (95% CI)")
-        for key, style in (("t_speciation_theory", "-"), ("t_speciation_simulated", ":")):
-            v = cls[key]
-            if v is not None and np.isfinite(v):
+        ax.plot(tb, ph[:, c], "o", color=col, ms=3.5, label=f"class {cls.label} cloning (95% CI)")
+        for v, style in ((cls.t_speciation_theory, "-"), (cls.t_speciation_simulated, ":")):
+            if is_reached(v) and np.isfinite(v):
                 ax.axvline(v, color=col, ls=style, lw=1)
-    ax.axhline(result["threshold"], color="0.4", ls="--", lw=0.8, label=f"threshold φ* = {result['threshold']:g}")
-    tb_bal = result["t_half_log_lambda"]
+    ax.axhline(result.threshold, color="0.4", ls="--", lw=0.8, label=f"threshold φ* = {result.threshold:g}")
+    tb_bal = result.t_half_log_lambda
     ax.axvline(tb_bal, color="k", ls="-.", lw=0.8, label="½ log Λ")
     ax.set_xlim(max(0.0, tb.min() - 0.3), tb.max() + 0.3)
     ax.set_ylim(-0.02, 1.02)
@@ -88,3 +101,10 @@ def plot_speciation(result: dict, stem: Path) -> None:
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     save_figure(fig, stem)
+
+
+def point(config: Config) -> SpeciationResult:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``speciation_from_config`` of ``config``, nothing written."""
+    from classdiff.theory.speciation import speciation_from_config
+
+    return speciation_from_config(config)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
+    from classdiff.theory.spectrum import SpectrumResult
 
 HELP = "Spectral density of the feature covariance U for a mixture (theory, optional sampled histogram)."
 
@@ -20,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="d of the sampled matrix (default theory.sampled_dim, else mixture.dim)")
 
 
-def plot_spectrum(result: dict, stem: Path, sampled=None, title: str = "") -> None:
+def plot_spectrum(result: dict[str, Any], stem: Path, sampled: Any = None, title: str = "") -> None:
     """Density (log lambda axis), bulks coloured by their class, outliers as ticks, sampled histogram."""
     import matplotlib
 
@@ -68,30 +73,42 @@ def plot_spectrum(result: dict, stem: Path, sampled=None, title: str = "") -> No
     save_figure(fig, stem)
 
 
-def run(args: argparse.Namespace, out: Path) -> dict:
-    import numpy as np
-
+def run(args: argparse.Namespace, out: Path) -> SpectrumResult:
     from classdiff.core.config import load_config, save_config
-    from classdiff.core.io import save_npz_atomic
-    from classdiff.theory.spectrum import spectrum_from_config
 
     config = load_config(args.config)
     save_config(config, out / "config.toml")
+    return spectrum_stage(config, out, sampled=args.sampled, sampled_dim=args.sampled_dim)
+
+
+def spectrum_stage(config: Config, out: Path, sampled: str = "none", sampled_dim: int | None = None) -> SpectrumResult:
+    """The spectrum of ``config`` with its arrays (``spectrum.npz``) and figure written under ``out``."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.theory.spectrum import spectrum_from_config
+
     result = spectrum_from_config(config)
-    sampled = None
-    if args.sampled != "none":
+    if sampled != "none":
         from classdiff.rf.sampled_spectrum import sample_ge_covariance, sample_true_covariance
 
-        dim = args.sampled_dim or config.theory.sampled_dim or config.mixture.dim
-        fn = sample_ge_covariance if args.sampled == "ge" else sample_true_covariance
+        dim = sampled_dim or config.theory.sampled_dim or config.mixture.dim
+        fn = sample_ge_covariance if sampled == "ge" else sample_true_covariance
         U, _ = fn(config, seed=config.theory.seed, dim=dim)
-        sampled = np.linalg.eigvalsh(U)
-        result["sampled_kind"] = args.sampled
-        result["sampled_eigenvalues"] = sampled
-    save_npz_atomic(out / "spectrum.npz", **{k: np.asarray(v) for k, v in result.items()
+        result.sampled_kind = sampled
+        result.sampled_eigenvalues = np.linalg.eigvalsh(U)
+    data = result.to_dict()
+    save_npz_atomic(out / "spectrum.npz", **{k: np.asarray(v) for k, v in data.items()
                                               if k in ("lambda", "density", "class_share", "sampled_eigenvalues")})
     m, mo = config.mixture, config.model
     title = (f"K = {m.n_classes}, rho = {list(m.weights)}, sigma^2 = {list(m.variances)}, m = {list(m.centroid_norms)} "
              f"({m.geometry}); psi_p = {mo.psi_p}, psi_n = {mo.psi_n}, t = {mo.time}")
-    plot_spectrum(result, out / "spectrum", sampled, title)
+    plot_spectrum(data, out / "spectrum", result.sampled_eigenvalues, title)
     return result
+
+
+def point(config: Config) -> SpectrumResult:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``spectrum_from_config`` of ``config``, nothing written."""
+    from classdiff.theory.spectrum import spectrum_from_config
+
+    return spectrum_from_config(config)

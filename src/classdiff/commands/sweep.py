@@ -3,7 +3,7 @@
 A sweep config is an ordinary config plus a ``[sweep]`` section::
 
     [sweep]
-    command = "timescales"            # or spectrum | dynamics | speciation | "package.module:function"
+    command = "timescales"            # or spectrum | dynamics | speciation (core.config.SWEEP_COMMANDS)
     scheduler = "local"               # local (LocalCluster) | synchronous | slurm | pbs | tcp://host:8786
     n_workers = 2
     [sweep.grid]
@@ -33,28 +33,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from classdiff.core.config import Config, SweepConfig
+from classdiff.core.config import SWEEP_COMMANDS, Config, ConfigError, SweepConfig
 from classdiff.core.io import read_json, write_json_atomic, write_text_atomic
 from classdiff.core.results import encode
 
-__all__ = ["POINT_FUNCTIONS", "grid_points", "resolve_point_function", "run_sweep", "tidy_rows"]
+__all__ = ["grid_points", "resolve_point_function", "run_sweep", "tidy_rows"]
 
-#: the pure per-point functions of the built-in commands, as "module:function" import paths
-POINT_FUNCTIONS: dict[str, str] = {
-    "spectrum": "classdiff.theory.spectrum:spectrum_from_config",
-    "timescales": "classdiff.theory.timescales:timescales_from_config",
-    "dynamics": "classdiff.rf.model:dynamics_from_config",
-    "speciation": "classdiff.theory.speciation:speciation_from_config",
-}
-
-
-def resolve_point_function(command: str) -> Callable[[Config], dict]:
-    """The function ``Config -> dict`` computing one sweep point (built-in name or ``module:function``)."""
-    path = POINT_FUNCTIONS.get(command, command)
-    if ":" not in path:
-        raise ValueError(f"sweep.command = {command!r}: must be one of {', '.join(POINT_FUNCTIONS)} or 'module:function'")
-    module, name = path.split(":", 1)
-    return getattr(importlib.import_module(module), name)
+def resolve_point_function(command: str) -> Callable[[Config], Any]:
+    """The pure function ``Config -> result`` of one sweep point: ``classdiff.commands.<command>.point`` for a
+    command of the allow-list :data:`classdiff.core.config.SWEEP_COMMANDS`."""
+    if command not in SWEEP_COMMANDS:
+        raise ConfigError("sweep.command", command, "must be one of " + ", ".join(SWEEP_COMMANDS))
+    return importlib.import_module(f"classdiff.commands.{command}").point
 
 
 def grid_points(config: Config) -> list[dict[str, Any]]:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
+    from classdiff.theory.timescales import TimescalesResult
 
 HELP = "Predicted per-class generalization and memorization times, learning order, phase diagrams."
 
@@ -21,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(needed for the imbalance reversal with distinct centroids, docs/theory.md §6.1)")
 
 
-def _plot_curves(result: dict, stem: Path) -> None:
+def plot_curves(result: TimescalesResult, stem: Path) -> None:
+    """Predicted per-class train (solid) and test (dashed) losses with tau_gen (circle) and tau_mem (square)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,17 +35,18 @@ def _plot_curves(result: dict, stem: Path) -> None:
     import numpy as np
 
     from classdiff.core.io import save_figure
+    from classdiff.core.results import is_reached
 
-    tau = np.asarray(result["tau"])
+    tau = np.asarray(result.tau)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for c, cl in enumerate(result["classes"]):
+    for c, cl in enumerate(result.classes):
         col = COLOURS[c % len(COLOURS)]
-        lab = f"class {cl['label']} (rho={cl['weight']:.2f}, sigma^2={cl['variance']:.2f})"
-        ax.plot(tau, cl["train_loss"], color=col, lw=1.5, label=lab + " train")
-        ax.plot(tau, cl["test_loss"], color=col, lw=1.5, ls="--", label="test")
-        for key, mark in (("tau_gen", "o"), ("tau_mem", "s")):
-            if cl[key] is not None:
-                ax.plot([cl[key]], [np.interp(cl[key], tau, cl["test_loss"])], mark, color=col, ms=7, mfc="none")
+        lab = f"class {cl.label} (rho={cl.weight:.2f}, sigma^2={cl.variance:.2f})"
+        ax.plot(tau, cl.train_loss, color=col, lw=1.5, label=lab + " train")
+        ax.plot(tau, cl.test_loss, color=col, lw=1.5, ls="--", label="test")
+        for t, mark in ((cl.tau_gen, "o"), (cl.tau_mem, "s")):
+            if is_reached(t) and np.isfinite(t):
+                ax.plot([t], [np.interp(t, tau, cl.test_loss)], mark, color=col, ms=7, mfc="none")
     ax.set_xscale("log")
     ax.set_xlabel(r"training time $\tau$")
     ax.set_ylabel("predicted loss (theory)")
@@ -48,7 +55,7 @@ def _plot_curves(result: dict, stem: Path) -> None:
     save_figure(fig, stem)
 
 
-def _plot_phase(diag: dict, stem: Path, predictor: str = "theory") -> None:
+def _plot_phase(diag: dict[str, Any], stem: Path, predictor: str = "theory") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,31 +89,54 @@ def _plot_phase(diag: dict, stem: Path, predictor: str = "theory") -> None:
     save_figure(fig, stem)
 
 
-def run(args: argparse.Namespace, out: Path) -> dict:
-    import numpy as np
-
+def run(args: argparse.Namespace, out: Path) -> TimescalesResult | dict[str, Any]:
     from classdiff.core.config import load_config, save_config
-    from classdiff.core.io import save_npz_atomic
-    from classdiff.theory.timescales import timescales_from_config
 
     config = load_config(args.config)
     save_config(config, out / "config.toml")
-    result = timescales_from_config(config)
-    save_npz_atomic(out / "curves.npz", tau=np.asarray(result["tau"]),
-                    train_loss=np.array([c["train_loss"] for c in result["classes"]]),
-                    test_loss=np.array([c["test_loss"] for c in result["classes"]]))
-    _plot_curves(result, out / "timescales")
-    if args.phase:
-        from classdiff.theory.phase import capacity_diagram, variance_imbalance_diagram
+    result = timescales_stage(config, out)
+    if not args.phase:
+        return result
+    return {**result.to_dict(), "phase": phase_stage(config, result, out, args.predictor)}
 
-        k = config.theory.phase_points
-        tau = np.asarray(result["tau"])
-        vi = variance_imbalance_diagram(config, np.geomspace(0.25, 4.0, k), np.geomspace(1 / 49, 49, k), tau=tau,
-                                        predictor=args.predictor)
-        cap = capacity_diagram(config, np.geomspace(1.0, 4.0, k), np.geomspace(0.5, 4.0, k), tau=tau,
-                               predictor=args.predictor)
-        result["phase"] = {"variance_imbalance": vi, "capacity": cap}
-        _plot_phase(result["phase"], out / "phase", args.predictor)
-        save_npz_atomic(out / "phase.npz", **{f"vi_{k_}": np.asarray(v) for k_, v in vi.items()},
-                        **{f"cap_{k_}": np.asarray(v) for k_, v in cap.items()})
+
+def timescales_stage(config: Config, out: Path) -> TimescalesResult:
+    """The predicted timescales of ``config`` with their curves (``curves.npz``) and figure written under ``out``."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.theory.timescales import timescales_from_config
+
+    result = timescales_from_config(config)
+    save_npz_atomic(out / "curves.npz", tau=np.asarray(result.tau),
+                    train_loss=np.array([c.train_loss for c in result.classes]),
+                    test_loss=np.array([c.test_loss for c in result.classes]))
+    plot_curves(result, out / "timescales")
     return result
+
+
+def phase_stage(config: Config, result: TimescalesResult, out: Path, predictor: str) -> dict[str, Any]:
+    """The two K = 2 phase diagrams (``phase.npz`` and figure under ``out``) on the tau grid of ``result``."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+    from classdiff.theory.phase import capacity_diagram, variance_imbalance_diagram
+
+    k = config.theory.phase_points
+    tau = np.asarray(result.tau)
+    vi = variance_imbalance_diagram(config, np.geomspace(0.25, 4.0, k), np.geomspace(1 / 49, 49, k), tau=tau,
+                                    predictor=predictor)
+    cap = capacity_diagram(config, np.geomspace(1.0, 4.0, k), np.geomspace(0.5, 4.0, k), tau=tau,
+                           predictor=predictor)
+    phase = {"variance_imbalance": vi, "capacity": cap}
+    _plot_phase(phase, out / "phase", predictor)
+    save_npz_atomic(out / "phase.npz", **{f"vi_{k_}": np.asarray(v) for k_, v in vi.items()},
+                    **{f"cap_{k_}": np.asarray(v) for k_, v in cap.items()})
+    return phase
+
+
+def point(config: Config) -> TimescalesResult:
+    """One sweep point (:mod:`classdiff.commands.sweep`): ``timescales_from_config`` of ``config``, nothing written."""
+    from classdiff.theory.timescales import timescales_from_config
+
+    return timescales_from_config(config)

@@ -39,6 +39,7 @@ __all__ = [
 GEOMETRIES = ("orthogonal", "antipodal", "random", "explicit")
 ACTIVATIONS = ("tanh", "relu", "erf", "identity")
 WEIGHT_TOLERANCE = 1e-9
+#: the built-in commands a sweep may run (each module ``classdiff.commands.<name>`` has ``point(config)``)
 SWEEP_COMMANDS = ("spectrum", "timescales", "dynamics", "speciation")
 SCHEDULERS = ("local", "synchronous", "slurm", "pbs")
 
@@ -462,11 +463,8 @@ class SweepConfig(_Section):
 
     def __post_init__(self) -> None:
         s = "sweep."
-        if not isinstance(self.command, str) or (
-            self.command not in SWEEP_COMMANDS and ":" not in self.command
-        ):
-            raise ConfigError(s + "command", self.command, "must be one of " + ", ".join(SWEEP_COMMANDS)
-                              + " or an import path 'package.module:function' taking a Config and returning a dict")
+        if not isinstance(self.command, str) or self.command not in SWEEP_COMMANDS:
+            raise ConfigError(s + "command", self.command, "must be one of " + ", ".join(SWEEP_COMMANDS))
         if not isinstance(self.scheduler, str) or (
             self.scheduler not in SCHEDULERS and not self.scheduler.startswith(("tcp://", "tls://", "inproc://"))
         ):

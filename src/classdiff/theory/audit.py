@@ -2,89 +2,157 @@
 
 Given points ``x`` (n, d) and integer labels ``y`` (n,), the audit
 
-1. measures per class: count and weight rho_c = n_c/n, variance tr(Sigma_c)/d, centroid norm
-   m_c = |mu_c - mean| / sqrt(d) (centred by the global mean), pairwise centroid distances / sqrt(d), and the
-   top eigenvalues of each class covariance (how far the class is from isotropic);
-2. maps those onto the Gaussian mixture the theory handles (isotropic classes with the measured variances,
-   weights and centred centroids, ``geometry = "explicit"``) at the random-features settings (psi_p, psi_n, t);
-3. asks :func:`classdiff.theory.timescales.timescales_from_config` for each class's predicted tau_gen and tau_mem,
-   and warns about every class predicted to be memorized before another class has generalized
-   (tau_mem,c < max_c' tau_gen,c').
+1. measures per class (:func:`classdiff.data.labelled.class_statistics`): count and weight rho_c = n_c/n,
+   variance tr(Sigma_c)/d, centroid norm m_c = |mu_c - mean| / sqrt(d) (centred by the global mean), pairwise
+   centroid distances / sqrt(d), and the top eigenvalues of each class covariance (how far the class is from
+   isotropic);
+2. fits the Gaussian mixture the theory handles, ``GaussianMixture.fit(x, y)`` (isotropic classes with the
+   measured variances, weights and centred centroids), at the random-features settings of the base config
+   (psi_p, t, activation) with psi_n = n/d;
+3. asks :func:`classdiff.theory.timescales.class_timescales_for_mixture` for each class's predicted tau_gen and
+   tau_mem (:func:`predict_for_data`), and warns about every class predicted to be memorized before another
+   class has generalized (tau_mem,c < max_c' tau_gen,c').
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from classdiff.core.config import Config
-from classdiff.data.labelled import load_labelled
-from classdiff.theory.data_statistics import ImageClassStatistics, image_class_statistics, theory_config
+from classdiff.core.readoff import ORDER_KEYS
+from classdiff.core.results import Time, format_value, is_reached, time_or_nan
+from classdiff.data.labelled import ClassStatistics, check_labelled, load_labelled
+from classdiff.data.labelled import class_statistics as _labelled_statistics
+from classdiff.data.mixture import GaussianMixture
+from classdiff.theory.timescales import TimescalesResult, class_timescales_for_mixture
 
-__all__ = ["audit", "class_statistics", "load_labelled"]
+__all__ = ["AuditClass", "AuditResult", "DataPrediction", "audit", "class_statistics", "load_labelled",
+           "predict_for_data", "predict_for_mixture"]
 
 
-def _records(stats: ImageClassStatistics) -> list[dict[str, Any]]:
-    return [
-        {
-            "label": int(lab),
-            "count": int(stats.counts[i]),
-            "weight": float(stats.weights[i]),
-            "variance": float(stats.variances[i]),
-            "centroid_norm": float(stats.centroid_norms[i]),
-            "top_eigenvalue": float(stats.top_eigenvalues[i, 0]),
-            "anisotropy": float(stats.top_eigenvalues[i, 0] / stats.variances[i]),
+@dataclass
+class DataPrediction:
+    """The theory's prediction for a labelled data set: per-class times under the data's own labels, the orders
+    (labels, earliest first) and the random-features settings used."""
+
+    timescales: TimescalesResult = field(repr=False)
+    psi_p: float
+    psi_n: float
+    time: float
+
+    @property
+    def generalization_order(self) -> list[int]:
+        return self.timescales.generalization_order
+
+    @property
+    def memorization_order(self) -> list[int]:
+        return self.timescales.memorization_order
+
+    def to_dict(self) -> dict[str, Any]:
+        """``classes`` [{label, tau_gen, tau_mem}], the orders under ORDER_KEYS names, psi_p, psi_n, time."""
+        return {
+            "classes": [{"label": c.label, "tau_gen": c.tau_gen, "tau_mem": c.tau_mem} for c in self.timescales.classes],
+            ORDER_KEYS["tau_gen"]: self.generalization_order,
+            ORDER_KEYS["tau_mem"]: self.memorization_order,
+            "psi_p": self.psi_p,
+            "psi_n": self.psi_n,
+            "time": self.time,
         }
-        for i, lab in enumerate(stats.labels)
-    ]
 
 
-def class_statistics(x: ArrayLike, y: ArrayLike, n_eigenvalues: int = 5) -> ImageClassStatistics:
-    """Per-class statistics of ``x`` (n, d) with labels ``y`` (n,) (shared with the image experiments)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"x: shape {x.shape}, expected (n, d)")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("x: every entry must be finite")
-    return image_class_statistics(x, y, n_eigenvalues=n_eigenvalues)
+def predict_for_mixture(mixture: GaussianMixture, base: Config | None = None) -> DataPrediction:
+    """Predicted per-class timescales of a fitted data mixture (``GaussianMixture.fit``; ``counts_`` gives n).
+
+    The model is ``base.model`` (default :class:`Config`) with psi_n = n/d; the classes keep ``mixture.labels_``.
+    """
+    base = base if base is not None else Config()
+    n = int(np.sum(mixture.counts_))
+    model = base.with_overrides({"model.psi_n": float(n / mixture.dim)}).model
+    result = class_timescales_for_mixture(mixture, model, base.theory, base.training)
+    return DataPrediction(timescales=result, psi_p=model.psi_p, psi_n=model.psi_n, time=model.time)
 
 
-def audit(x: ArrayLike, y: ArrayLike, base: Config | None = None) -> dict[str, Any]:
-    """Statistics, predicted per-class timescales and orders, and warnings (JSON-able dict)."""
-    from classdiff.theory.timescales import timescales_from_config
+def predict_for_data(x: ArrayLike, y: ArrayLike, base: Config | None = None,
+                     labels: ArrayLike | None = None) -> DataPrediction:
+    """Predicted per-class tau_gen, tau_mem and orders of ``x`` (n, ...) with labels ``y`` (n,)."""
+    return predict_for_mixture(GaussianMixture.fit(x, y, labels=labels), base)
 
+
+def class_statistics(x: ArrayLike, y: ArrayLike, n_eigenvalues: int = 5) -> ClassStatistics:
+    """Per-class statistics of ``x`` (n, d) with labels ``y`` (n,) (:func:`classdiff.data.labelled.class_statistics`)."""
+    xf, yi = check_labelled(x, y)
+    return _labelled_statistics(xf, yi, n_eigenvalues=n_eigenvalues)
+
+
+@dataclass
+class AuditClass:
+    """One class of an audited data set: its statistics and predicted times."""
+
+    label: int
+    count: int
+    weight: float
+    variance: float
+    centroid_norm: float
+    top_eigenvalue: float
+    anisotropy: float
+    tau_gen: Time
+    tau_mem: Time
+
+
+@dataclass
+class AuditResult:
+    """The ``audit`` result: per-class statistics and predictions, the orders and the warnings."""
+
+    n: int
+    dim: int
+    psi_p: float
+    psi_n: float
+    time: float
+    classes: list[AuditClass]
+    generalization_order: list[int]
+    memorization_order: list[int]
+    warnings: list[str]
+    centroid_distances: list[list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("n", "dim", "psi_p", "psi_n", "time")}
+        out["classes"] = [vars(c).copy() for c in self.classes]
+        out[ORDER_KEYS["tau_gen"]] = self.generalization_order
+        out[ORDER_KEYS["tau_mem"]] = self.memorization_order
+        out["warnings"] = self.warnings
+        out["centroid_distances"] = self.centroid_distances
+        return out
+
+
+def audit(x: ArrayLike, y: ArrayLike, base: Config | None = None) -> AuditResult:
+    """Statistics, predicted per-class timescales and orders, and warnings."""
     stats = class_statistics(x, y)
-    config = theory_config(stats, base)
-    theory = timescales_from_config(config)
-    records = _records(stats)
-    by_index = {int(c["label"]): c for c in theory["classes"]}
-    for i, rec in enumerate(records):
-        pred = by_index[i]  # theory labels classes 0..K-1 in the order of stats.labels
-        rec["tau_gen"] = pred.get("tau_gen")
-        rec["tau_mem"] = pred.get("tau_mem")
-    gen = np.array([np.nan if r["tau_gen"] is None else r["tau_gen"] for r in records], dtype=float)
-    mem = np.array([np.nan if r["tau_mem"] is None else r["tau_mem"] for r in records], dtype=float)
-    learning_order = [int(stats.labels[i]) for i in np.argsort(gen, kind="stable")]
-    memorization_order = [int(stats.labels[i]) for i in np.argsort(mem, kind="stable")]
+    pred = predict_for_data(x, y, base, labels=stats.labels)
+    classes = [
+        AuditClass(label=int(lab), count=int(stats.counts[i]), weight=float(stats.weights[i]),
+                   variance=float(stats.variances[i]), centroid_norm=float(stats.centroid_norms[i]),
+                   top_eigenvalue=float(stats.top_eigenvalues[i, 0]),
+                   anisotropy=float(stats.top_eigenvalues[i, 0] / stats.variances[i]),
+                   tau_gen=th.tau_gen, tau_mem=th.tau_mem)
+        for i, (lab, th) in enumerate(zip(stats.labels, pred.timescales.classes, strict=True))
+    ]
+    gen = [time_or_nan(c.tau_gen) for c in classes]
     warnings = []
     slowest = int(np.nanargmax(gen)) if np.any(np.isfinite(gen)) else None
-    for i, rec in enumerate(records):
-        if slowest is not None and np.isfinite(mem[i]) and mem[i] < gen[slowest] and i != slowest:
+    for i, c in enumerate(classes):
+        if slowest is None or i == slowest or not is_reached(c.tau_mem) or math.isinf(c.tau_mem):
+            continue
+        if c.tau_mem < gen[slowest]:
             warnings.append(
-                f"class {rec['label']} is predicted to be memorized (tau_mem = {mem[i]:.3g}) before class "
-                f"{records[slowest]['label']} has generalized (tau_gen = {gen[slowest]:.3g})"
+                f"class {c.label} is predicted to be memorized (tau_mem = {format_value(c.tau_mem, '.3g')}) before "
+                f"class {classes[slowest].label} has generalized (tau_gen = {format_value(gen[slowest], '.3g')})"
             )
-    return {
-        "n": int(stats.counts.sum()),
-        "dim": stats.dim,
-        "psi_p": config.model.psi_p,
-        "psi_n": config.model.psi_n,
-        "time": config.model.time,
-        "classes": records,
-        "learning_order": learning_order,
-        "memorization_order": memorization_order,
-        "warnings": warnings,
-        "centroid_distances": stats.centroid_distances.tolist(),
-    }
+    return AuditResult(n=int(stats.counts.sum()), dim=stats.dim, psi_p=pred.psi_p, psi_n=pred.psi_n,
+                       time=pred.time, classes=classes, generalization_order=pred.generalization_order,
+                       memorization_order=pred.memorization_order, warnings=warnings,
+                       centroid_distances=stats.centroid_distances.tolist())

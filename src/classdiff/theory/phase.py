@@ -24,12 +24,15 @@ Every grid point is a config derived with ``Config.with_overrides`` and timed by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from classdiff.theory.timescales import class_timescales
+
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
 
 __all__ = ["PREDICTORS", "capacity_diagram", "centroid_vs_variance", "reversal_boundary", "variance_imbalance_diagram"]
 
@@ -39,7 +42,7 @@ Array = NDArray[np.float64]
 PREDICTORS = ("theory", "dynamics")
 
 
-def _times(config: Any, tau: Array, predictor: str = "theory") -> tuple[Array, Array]:
+def _times(config: Config, tau: Array, predictor: str = "theory") -> tuple[Array, Array]:
     """(tau_gen (K,), tau_mem (K,)) of one config under ``predictor`` (nan where the event never happens)."""
     if predictor == "theory":
         res = class_timescales(config, tau=tau)
@@ -54,7 +57,7 @@ def _times(config: Any, tau: Array, predictor: str = "theory") -> tuple[Array, A
     raise ValueError(f"predictor = {predictor!r}: allowed values are {', '.join(PREDICTORS)}")
 
 
-def _check_two_classes(config: Any) -> None:
+def _check_two_classes(config: Config) -> None:
     if config.mixture.n_classes != 2:
         raise ValueError(f"mixture.weights: phase diagrams need K = 2 classes, got K = {config.mixture.n_classes}")
 
@@ -85,7 +88,7 @@ def reversal_boundary(log_weight_ratio: Array, log_time_ratio: Array) -> Array:
     return out
 
 
-def variance_imbalance_diagram(config: Any, variance_ratios: Sequence[float], weight_ratios: Sequence[float],
+def variance_imbalance_diagram(config: Config, variance_ratios: Sequence[float], weight_ratios: Sequence[float],
                                tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Times over sigma_1^2/sigma_2^2 (V,) x rho_1/rho_2 (R,) at fixed sigma_1^2 sigma_2^2 (geometric mean kept).
 
@@ -116,7 +119,7 @@ def variance_imbalance_diagram(config: Any, variance_ratios: Sequence[float], we
     }
 
 
-def capacity_diagram(config: Any, psi_p: Sequence[float], psi_n: Sequence[float],
+def capacity_diagram(config: Config, psi_p: Sequence[float], psi_n: Sequence[float],
                      tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Times over psi_p (P,) x psi_n (N,) for the mixture of ``config``: ``tau_gen``, ``tau_mem`` (P, N, 2),
     ``learned_first``, ``memorized_first`` (P, N)."""
@@ -133,7 +136,7 @@ def capacity_diagram(config: Any, psi_p: Sequence[float], psi_n: Sequence[float]
             "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2)}
 
 
-def centroid_vs_variance(config: Any, centroid_norms: Sequence[float], variance_ratios: Sequence[float],
+def centroid_vs_variance(config: Config, centroid_norms: Sequence[float], variance_ratios: Sequence[float],
                          tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Spread of log tau over centroid norms (both classes, fixed variances) vs over variance ratios (zero centroids).
 

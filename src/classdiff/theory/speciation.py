@@ -32,19 +32,26 @@ Derivation and definitions: ``docs/speciation.md``. Summary (forward OU conventi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from classdiff.core.readoff import ORDER_KEYS, class_order
+from classdiff.core.results import Time, reached
 from classdiff.data.mixture import GaussianMixture
 from classdiff.data.process import noise_variance, signal_scale
 
+if TYPE_CHECKING:
+    from classdiff.core.config import Config
+
 __all__ = [
     "THRESHOLD_MODES",
+    "SpeciationClass",
+    "SpeciationResult",
     "SpeciationTimes",
     "balanced_snr",
     "closed_form_speciation_times",
@@ -56,6 +63,7 @@ __all__ = [
     "required_snr",
     "simulate_collapse",
     "simulate_commitment",
+    "simulation_window",
     "speciation_from_config",
     "speciation_times",
 ]
@@ -492,7 +500,7 @@ def simulate_collapse(
     }
 
 
-def _simulation_window(
+def simulation_window(
     mixture: GaussianMixture, theory: SpeciationTimes, t_max: float, tol: float = 1e-3
 ) -> tuple[float, float, float]:
     """(branch_hi, branch_lo, t_end) for the cloning run of :func:`speciation_from_config`.
@@ -514,25 +522,74 @@ def _simulation_window(
     return hi, lo, min(t_end, lo)
 
 
+@dataclass
+class SpeciationClass:
+    """One class's speciation times t_S,c (:data:`~classdiff.core.results.Time`: +inf committed from the start,
+    NOT_REACHED never committed within the window), absolute threshold unless ``relative``."""
+
+    label: int
+    weight: float
+    chance_level: float
+    level: float
+    t_speciation_theory: Time
+    t_speciation_simulated: Time
+    t_speciation_closed_form: Time
+    t_speciation_relative_theory: Time
+    t_speciation_relative_simulated: Time
+    committed_at_start: bool
+    n_ends: list[int]
+
+
+@dataclass
+class SpeciationResult:
+    """The ``speciation`` result: per-class times, the orders (first to commit first, backward time), the
+    settings of the cloning run and the commitment curves (``curves``: theory and simulated phi_c(t))."""
+
+    classes: list[SpeciationClass]
+    speciation_order_theory: list[int]
+    speciation_order_simulated: list[int]
+    t_half_log_lambda: float
+    top_eigenvalue: float
+    threshold: float
+    threshold_mode: str
+    n_trajectories: int
+    n_steps: int
+    backend: str
+    dtype: str
+    t_start: float
+    t_end: float
+    step: float
+    curves: dict[str, list[Any]] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """DESIGN.md keys: ``classes`` [{label, t_speciation_theory, t_speciation_simulated, ...}], the orders
+        under ``speciation_order_theory`` / ``_simulated`` (ORDER_KEYS), the settings and the curves."""
+        out: dict[str, Any] = {"classes": [vars(c).copy() for c in self.classes]}
+        key = ORDER_KEYS["t_speciation"]
+        out[f"{key}_theory"] = self.speciation_order_theory
+        out[f"{key}_simulated"] = self.speciation_order_simulated
+        for name in ("t_half_log_lambda", "top_eigenvalue", "threshold", "threshold_mode", "n_trajectories",
+                     "n_steps", "backend", "dtype", "t_start", "t_end", "step", "curves"):
+            out[name] = getattr(self, name)
+        return out
+
+
 def speciation_from_config(
-    config: Any, backend: str = "numpy", device: str = "auto", dtype: str = "float64"
-) -> dict[str, Any]:
+    config: Config, backend: str = "numpy", device: str = "auto", dtype: str = "float64"
+) -> SpeciationResult:
     """Theory and cloning simulation of the per-class speciation times for ``config`` (pure function).
 
     Uses ``config.mixture`` (the data) and ``config.theory`` (n_trajectories, n_steps, t_max,
     n_branch_times, commitment_threshold, bootstrap, seed). The step is h = t_max / n_steps; the cloning run
-    covers only [t_end, branch_hi] (see :func:`_simulation_window`), starting from exact draws of P_t there.
+    covers only [t_end, branch_hi] (see :func:`simulation_window`), starting from exact draws of P_t there.
     The threshold is applied in the ``absolute`` mode (see :func:`commitment_levels`); the ``relative`` times
     are reported alongside. ``backend``/``device``/``dtype`` select the array back end of the simulation
     (:mod:`classdiff.data.backward`; e.g. ``"torch"`` on ``"cuda"``).
-    Returns {"classes": [{"label", "weight", "chance_level", "t_speciation_theory", "t_speciation_simulated",
-    "t_speciation_closed_form", "t_speciation_relative_theory", "t_speciation_relative_simulated",
-    "committed_at_start"}, ...], "t_half_log_lambda", "top_eigenvalue", "curves": {...}, ...}.
     """
     th = config.theory
     mixture = GaussianMixture.from_config(config.mixture)
     theory = speciation_times(mixture, th.commitment_threshold, "absolute")
-    hi, lo, t_end = _simulation_window(mixture, theory, th.t_max)
+    hi, lo, t_end = simulation_window(mixture, theory, th.t_max)
     branch = np.linspace(hi, lo, th.n_branch_times)
     h = th.t_max / th.n_steps
     n_steps = max(2, round((hi - t_end) / h))
@@ -542,48 +599,43 @@ def speciation_from_config(
     )
     levels_abs = commitment_levels(mixture.weights, th.commitment_threshold, "absolute")
     levels_rel = commitment_levels(mixture.weights, th.commitment_threshold, "relative")
-    t_sim = read_speciation_times(sim["branch_times"], sim["phi"], levels_abs)
+    t_theory = [reached(v) for v in theory.t_theory]
+    t_sim = [reached(v) for v in read_speciation_times(sim["branch_times"], sim["phi"], levels_abs)]
     t_rel_sim = read_speciation_times(sim["branch_times"], sim["phi"], levels_rel)
     t_rel_th = read_speciation_times(theory.times, theory.phi, levels_rel)
     phi_at_branch = commitment_curves(mixture, sim["branch_times"])
-    classes = []
-    for c in range(mixture.n_classes):
-        classes.append(
-            {
-                "label": c,
-                "weight": float(mixture.weights[c]),
-                "chance_level": float(mixture.weights[c]),
-                "level": float(levels_abs[c]),
-                "t_speciation_theory": float(theory.t_theory[c]),
-                "t_speciation_simulated": float(t_sim[c]),
-                "t_speciation_closed_form": float(theory.t_closed_form[c]),
-                "t_speciation_relative_theory": float(t_rel_th[c]),
-                "t_speciation_relative_simulated": float(t_rel_sim[c]),
-                "committed_at_start": bool(mixture.weights[c] >= levels_abs[c]),
-                "n_ends": sim["ends"][:, c].tolist(),
-            }
+    classes = [
+        SpeciationClass(
+            label=c,
+            weight=float(mixture.weights[c]),
+            chance_level=float(mixture.weights[c]),
+            level=float(levels_abs[c]),
+            t_speciation_theory=t_theory[c],
+            t_speciation_simulated=t_sim[c],
+            t_speciation_closed_form=reached(theory.t_closed_form[c]),
+            t_speciation_relative_theory=reached(t_rel_th[c]),
+            t_speciation_relative_simulated=reached(t_rel_sim[c]),
+            committed_at_start=bool(mixture.weights[c] >= levels_abs[c]),
+            n_ends=sim["ends"][:, c].tolist(),
         )
-    def order(times: NDArray[np.float64]) -> list[int]:
-        # first to commit first: decreasing t_S (committed-at-start = +inf first), never-committed (nan) last
-        key = np.where(np.isnan(times), -np.inf, times)
-        return [int(i) for i in np.argsort(-key, kind="stable")]
-
-    return {
-        "classes": classes,
-        "speciation_order_theory": order(theory.t_theory),
-        "speciation_order_simulated": order(t_sim),
-        "t_half_log_lambda": theory.t_balanced,
-        "top_eigenvalue": theory.top_eigenvalue,
-        "threshold": th.commitment_threshold,
-        "threshold_mode": "absolute",
-        "n_trajectories": th.n_trajectories,
-        "n_steps": th.n_steps,
-        "backend": backend,
-        "dtype": dtype,
-        "t_start": hi,
-        "t_end": t_end,
-        "step": (hi - t_end) / n_steps,
-        "curves": {
+        for c in range(mixture.n_classes)
+    ]
+    return SpeciationResult(
+        classes=classes,
+        speciation_order_theory=class_order(t_theory, backward_time=True),
+        speciation_order_simulated=class_order(t_sim, backward_time=True),
+        t_half_log_lambda=theory.t_balanced,
+        top_eigenvalue=theory.top_eigenvalue,
+        threshold=th.commitment_threshold,
+        threshold_mode="absolute",
+        n_trajectories=th.n_trajectories,
+        n_steps=th.n_steps,
+        backend=backend,
+        dtype=dtype,
+        t_start=hi,
+        t_end=t_end,
+        step=(hi - t_end) / n_steps,
+        curves={
             "theory_times": theory.times.tolist(),
             "theory_phi": theory.phi.tolist(),
             "branch_times": sim["branch_times"].tolist(),
@@ -592,4 +644,4 @@ def speciation_from_config(
             "phi_hi": sim["hi"].tolist(),
             "theory_phi_at_branch": phi_at_branch.tolist(),
         },
-    }
+    )

@@ -25,7 +25,7 @@ Pipeline of :meth:`FeatureSpectrum.fit`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,7 +34,11 @@ from scipy.optimize import brentq
 from classdiff.theory.equations import FeatureTypes, feature_types, map_and_jacobian, resolvent_parts
 from classdiff.theory.solver import newton, relative_residual, solve_on_line
 
-__all__ = ["FeatureSpectrum", "spectrum_from_config", "types_from_config"]
+if TYPE_CHECKING:
+    from classdiff.core.config import Config, ModelConfig, TheoryConfig
+    from classdiff.data.mixture import GaussianMixture
+
+__all__ = ["FeatureSpectrum", "SpectrumResult", "spectrum_from_config", "types_for_mixture", "types_from_config"]
 
 Array = NDArray[np.float64]
 CArray = NDArray[np.complex128]
@@ -46,21 +50,35 @@ def _interp_rows(t: Array, t_known: Array, x_known: CArray) -> CArray:
                      for j in range(x_known.shape[1])], axis=1)
 
 
-def types_from_config(config: Any, n_nodes: int | None = None) -> FeatureTypes:
-    """:class:`FeatureTypes` for the ``[mixture]`` and ``[model]`` sections of a :class:`classdiff.core.config.Config`.
+def types_for_mixture(mixture: GaussianMixture, model: ModelConfig, theory: TheoryConfig,
+                      n_nodes: int | None = None) -> FeatureTypes:
+    """:class:`FeatureTypes` of the training mixture ``mixture`` at the random-features settings of ``model``.
 
-    The centroids are those of :func:`classdiff.data.mixture.make_centroids` (so "random" geometry uses the seeded
-    draw); the training fractions rho_c are the exact class counts n_c/n of a training set of n = round(psi_n d).
+    ``mixture.weights`` are the training fractions rho_c = n_c/n; its per-class mean variances tr(Sigma_c)/d and
+    centroids are used as given; psi_p, psi_n, t and the activation come from ``model``, the type quadrature
+    (``type_nodes`` unless ``n_nodes``) and its seed from ``theory``.
     """
-    from classdiff.data.mixture import class_counts, make_centroids
+    nodes = n_nodes if n_nodes is not None else theory.type_nodes
+    return feature_types(mixture.weights, mixture.mean_variances, mixture.centroids, model.time, model.psi_p,
+                         model.psi_n, model.activation, n_nodes=nodes, seed=theory.seed)
+
+
+def training_mixture(config: Config) -> GaussianMixture:
+    """The mixture of the ``[mixture]`` section with the exact class fractions of a training set of
+    n = round(psi_n d) points (the centroids of :func:`classdiff.data.mixture.make_centroids`, so "random"
+    geometry uses the seeded draw)."""
+    from classdiff.data.mixture import GaussianMixture, class_counts, make_centroids
 
     mc, model = config.mixture, config.model
     mu = make_centroids(mc.dim, mc.centroid_norms, mc.geometry, mc.seed, mc.centroids)
     n = max(round(model.psi_n * mc.dim), len(mc.weights))
-    rho = class_counts(n, mc.weights) / n
-    nodes = n_nodes if n_nodes is not None else config.theory.type_nodes
-    return feature_types(rho, mc.variances, mu, model.time, model.psi_p, model.psi_n, model.activation,
-                         n_nodes=nodes, seed=config.theory.seed)
+    return GaussianMixture(class_counts(n, mc.weights) / n, mu, mc.variances)
+
+
+def types_from_config(config: Config, n_nodes: int | None = None) -> FeatureTypes:
+    """:class:`FeatureTypes` for the ``[mixture]`` and ``[model]`` sections of a config: :func:`types_for_mixture`
+    of :func:`training_mixture`."""
+    return types_for_mixture(training_mixture(config), config.model, config.theory, n_nodes)
 
 
 @dataclass
@@ -103,7 +121,7 @@ class FeatureSpectrum:
         self.outliers = outliers
 
     # ----------------------------------------------------------------------------------------------- fit
-    def fit(self, config_or_types: Any) -> FeatureSpectrum:
+    def fit(self, config_or_types: Config | FeatureTypes) -> FeatureSpectrum:
         """Solve the equations for a :class:`classdiff.core.config.Config` or a :class:`FeatureTypes`."""
         if self.n_lambda < 10:
             raise ValueError(f"n_lambda = {self.n_lambda!r}: must be >= 10")
@@ -586,23 +604,18 @@ class FeatureSpectrum:
     # -------------------------------------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``classdiff spectrum`` (DESIGN.md keys plus extras)."""
+        return self.result().to_dict()
+
+    def result(self) -> SpectrumResult:
+        """The fitted spectrum as a typed :class:`SpectrumResult`."""
         self._check_fitted()
         ft = self.types_
-        return {
-            "lambda": self.lambda_,
-            "density": self.density_,
-            "edges": self.edges_.tolist(),
-            "outliers": self.outliers_.tolist(),
-            "masses": self.masses_.tolist(),
-            "atoms": [[float(a), float(m)] for a, m in self.atoms_],
-            "total_mass": self.total_mass_,
-            "max_residual": float(np.nanmax(self.residual_)),
-            "class_share": self.class_share_,
-            "bulk_class": self.bulk_classes(),
-            "p": round(ft.psi_p * ft.dim),
-            "n": round(ft.psi_n * ft.dim),
-            "d": ft.dim,
-        }
+        return SpectrumResult(
+            lambda_=self.lambda_, density=self.density_, edges=self.edges_.tolist(),
+            outliers=self.outliers_.tolist(), masses=self.masses_.tolist(),
+            atoms=[(float(a), float(m)) for a, m in self.atoms_], total_mass=self.total_mass_,
+            max_residual=float(np.nanmax(self.residual_)), class_share=self.class_share_,
+            bulk_class=self.bulk_classes(), p=round(ft.psi_p * ft.dim), n=round(ft.psi_n * ft.dim), d=ft.dim)
 
     def bulk_classes(self) -> list[int | None]:
         """Per bulk, the class owning more than 2/3 of its modes (mass-weighted share), else None."""
@@ -636,8 +649,45 @@ class FeatureSpectrum:
             raise RuntimeError("FeatureSpectrum: call fit() first")
 
 
-def spectrum_from_config(config: Any) -> dict[str, Any]:
-    """Pure function of a :class:`classdiff.core.config.Config`: the ``spectrum`` JSON (DESIGN.md)."""
+@dataclass
+class SpectrumResult:
+    """The spectrum of U: density on the bulk grid ``lambda_`` (L,), ``density`` (L,), bulk ``edges``
+    [[lo, hi], ...] and ``masses``, ``atoms`` [(lambda, mass)], centroid ``outliers``, per-class share of the
+    modes ``class_share`` (K, L) and the owning class of each bulk (None: shared); optionally the eigenvalues
+    of one sampled U (``sampled_kind`` "ge" or "tanh")."""
+
+    lambda_: NDArray[np.float64]
+    density: NDArray[np.float64]
+    edges: list[list[float]]
+    outliers: list[float]
+    masses: list[float]
+    atoms: list[tuple[float, float]]
+    total_mass: float
+    max_residual: float
+    class_share: NDArray[np.float64]
+    bulk_class: list[int | None]
+    p: int
+    n: int
+    d: int
+    sampled_kind: str | None = None
+    sampled_eigenvalues: NDArray[np.float64] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """DESIGN.md keys ``lambda``, ``density``, ``edges``, ``outliers`` plus the other fields."""
+        out: dict[str, Any] = {"lambda": self.lambda_}
+        for name in ("density", "edges", "outliers", "masses"):
+            out[name] = getattr(self, name)
+        out["atoms"] = [list(a) for a in self.atoms]
+        for name in ("total_mass", "max_residual", "class_share", "bulk_class", "p", "n", "d"):
+            out[name] = getattr(self, name)
+        if self.sampled_kind is not None:
+            out["sampled_kind"] = self.sampled_kind
+            out["sampled_eigenvalues"] = self.sampled_eigenvalues
+        return out
+
+
+def spectrum_from_config(config: Config) -> SpectrumResult:
+    """Pure function of a :class:`classdiff.core.config.Config`: the ``spectrum`` result (DESIGN.md keys)."""
     th = config.theory
     spec = FeatureSpectrum(n_lambda=th.n_lambda, epsilon=th.epsilon, tolerance=th.tolerance, n_scan=th.n_scan).fit(config)
-    return spec.to_dict()
+    return spec.result()

@@ -1,35 +1,55 @@
-"""Predicted per-class generalization and memorization times from the spectrum of U (``docs/theory.md`` §5).
+"""Predicted per-class generalization and memorization times from the theory's loss curves (``docs/theory.md`` §5).
 
-The gradient flow relaxes the eigenmode k of U (eigenvalue lambda_k, eigenvector v_k) with
+The gradient flow relaxes the eigenmode k of U (eigenvalue lambda_k) with
 gamma_k(tau) = (1 - exp(-2 Delta_t lambda_k tau / psi_p)) / lambda_k, and the loss of any group S of points is
 
-    L_S(tau) = 1 + (1/d) sum_{k,l} gamma_k gamma_l (v_k^T V V^T v_l) (v_l^T U_S v_k) - (2/d) sum_k gamma_k v_k^T V_S V^T v_k.
+    L_S(tau) = 1 + (1/d) tr(gamma(U) X gamma(U) Y_S) - (2/d) tr(V^T gamma(U) V_S).
 
-The last sum is a single-resolvent trace and is exact in the theory. In the first sum we keep the diagonal k = l
-and factor the conditional mean at fixed lambda ("mode-diagonal closure", docs/theory.md §5.2):
+The linear term is a single-resolvent trace; the quadratic term is a two-resolvent quantity, evaluated with the
+leave-one-out deterministic equivalent of :class:`classdiff.theory.losses.LossModel` on the product of the bulk
+grid with itself. The feature types are first reduced to one effective type
+(:func:`classdiff.theory.losses.mean_type_approximation`: type-averaged moments, centroid spikes left out).
+The per-class curves are read off with the *same* functions as the measured curves
+(:mod:`classdiff.core.readoff`): tau_gen,c from the test loss (tolerance), tau_mem,c from the gap test - train
+reaching ``fraction`` of its tau = infinity value. A time the curve never reaches is
+:data:`~classdiff.core.results.NOT_REACHED`.
 
-    L_S(tau) ~= 1 + int dlambda [ gamma(lambda, tau)^2 w_VV(lambda) u_S(lambda) - 2 gamma(lambda, tau) w_VS(lambda) ],
-
-with the spectral densities w_VV = Im (1/d) tr(V^T Q V)/pi and w_VS = Im (1/d) tr(V^T Q V_S)/pi, and the
-class moment per mode u_S(lambda) = Im (1/p) tr(U_S Q) / Im q (train moment of class c for its train loss, the
-population moment of class c for its test loss). The per-class curves are read off with the *same* functions
-as the measured curves (:mod:`classdiff.core.readoff`): tau_gen,c from the test loss (tolerance), tau_mem,c from the
-gap test - train reaching ``fraction`` of its tau = infinity value.
+Entry points: :func:`class_timescales_for_mixture` (any :class:`~classdiff.data.mixture.GaussianMixture`, e.g.
+``GaussianMixture.fit(x, y)`` of real data) and :func:`timescales_from_config` (the ``[mixture]`` of a config,
+through the same path).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from classdiff.core.readoff import generalization_time, memorization_time
-from classdiff.theory.equations import resolvent_parts
+from classdiff.core.readoff import ORDER_KEYS, class_order, generalization_time, memorization_time
+from classdiff.core.results import Time, reached
+from classdiff.theory.equations import FeatureTypes, resolvent_parts
 from classdiff.theory.losses import LossModel, mean_type_approximation
-from classdiff.theory.spectrum import FeatureSpectrum
+from classdiff.theory.spectrum import FeatureSpectrum, training_mixture, types_for_mixture
 
-__all__ = ["class_loss_curves", "class_timescales", "timescales_from_config"]
+if TYPE_CHECKING:
+    from classdiff.core.config import Config, ModelConfig, TheoryConfig, TrainingConfig
+    from classdiff.data.mixture import GaussianMixture
+
+__all__ = [
+    "ClassTimescales",
+    "TimescalesResult",
+    "class_loss_curves",
+    "class_timescales",
+    "class_timescales_for_mixture",
+    "timescales_from_config",
+]
+
+#: what the ``definitions.closure`` entry of the timescales result says (the code of this module)
+CLOSURE = ("two-resolvent deterministic equivalent of the losses (theory.losses.LossModel) on one effective "
+           "feature type (theory.losses.mean_type_approximation: type-averaged moments, centroid spikes left out), "
+           "docs/theory.md §5")
 
 Array = NDArray[np.float64]
 
@@ -68,14 +88,16 @@ def class_loss_curves(spec: FeatureSpectrum, tau: ArrayLike) -> dict[str, Array]
 
 
 def class_timescales(
-    config_or_spectrum: Any, tau: ArrayLike | None = None, tolerance: float = 0.05, fraction: float = 0.5,
+    config_or_spectrum: Config | FeatureSpectrum, tau: ArrayLike | None = None, tolerance: float = 0.05,
+    fraction: float = 0.5,
 ) -> dict[str, Any]:
-    """Per-class predicted tau_gen,c and tau_mem,c (``classdiff.core.readoff`` definitions) and the orders.
+    """Per-class predicted tau_gen,c and tau_mem,c (``classdiff.core.readoff`` definitions) as arrays.
 
     ``config_or_spectrum`` is a :class:`classdiff.core.config.Config` (then the spectrum is fitted with its
     ``[theory]`` settings and ``tau``, ``tolerance``, ``fraction`` default to its ``[training]`` settings) or a
-    fitted :class:`FeatureSpectrum`. Returns ``tau_gen`` (K,), ``tau_mem`` (K,), ``final_gap`` (K,),
-    ``learning_order`` and ``memorization_order`` (class indices, earliest first), and the curves.
+    fitted :class:`FeatureSpectrum`. Returns ``tau_gen`` (K,), ``tau_mem`` (K,) (nan where not reached),
+    ``final_gap`` (K,), the orders under :data:`~classdiff.core.readoff.ORDER_KEYS` names (class indices,
+    earliest first), the curves (K, T) and the spectrum.
     """
     if isinstance(config_or_spectrum, FeatureSpectrum):
         spec = config_or_spectrum
@@ -84,20 +106,25 @@ def class_timescales(
                                    n_scan=spec.n_scan, outliers=False).fit(mean_type_approximation(spec.types_))
         if tau is None:
             tau = np.geomspace(1e-2, 1e6, 300)
-    else:
-        cfg = config_or_spectrum
-        th, tr = cfg.theory, cfg.training
-        from classdiff.theory.spectrum import types_from_config
+        return _timescales_of_spectrum(spec, np.asarray(tau, dtype=np.float64), tolerance, fraction)
+    cfg = config_or_spectrum
+    return _timescales_of_types(types_for_mixture(training_mixture(cfg), cfg.model, cfg.theory), cfg.theory,
+                                cfg.training, tau)
 
-        ft = mean_type_approximation(types_from_config(cfg))
-        # the loss model works on the product of the bulk grid with itself: keep it moderate, smaller for large K
-        n_grid = min(th.n_lambda, 400 if ft.n_classes <= 4 else 200)
-        spec = FeatureSpectrum(n_lambda=n_grid, epsilon=th.epsilon, tolerance=th.tolerance,
-                               n_scan=min(th.n_scan, 400 if ft.n_classes <= 4 else 200), outliers=False).fit(ft)
-        if tau is None:
-            tau = np.geomspace(tr.tau_min, tr.tau_max, max(tr.n_times, 200))
-        tolerance, fraction = tr.gen_tolerance, tr.mem_fraction
-    tau = np.asarray(tau, dtype=np.float64)
+
+def _timescales_of_types(ft: FeatureTypes, th: TheoryConfig, tr: TrainingConfig,
+                         tau: ArrayLike | None) -> dict[str, Any]:
+    ft = mean_type_approximation(ft)
+    # the loss model works on the product of the bulk grid with itself: keep it moderate, smaller for large K
+    n_grid = min(th.n_lambda, 400 if ft.n_classes <= 4 else 200)
+    spec = FeatureSpectrum(n_lambda=n_grid, epsilon=th.epsilon, tolerance=th.tolerance,
+                           n_scan=min(th.n_scan, 400 if ft.n_classes <= 4 else 200), outliers=False).fit(ft)
+    if tau is None:
+        tau = np.geomspace(tr.tau_min, tr.tau_max, max(tr.n_times, 200))
+    return _timescales_of_spectrum(spec, np.asarray(tau, dtype=np.float64), tr.gen_tolerance, tr.mem_fraction)
+
+
+def _timescales_of_spectrum(spec: FeatureSpectrum, tau: Array, tolerance: float, fraction: float) -> dict[str, Any]:
     curves = class_loss_curves(spec, np.append(tau, np.inf))
     train, test = curves["train_loss"], curves["test_loss"]
     k = train.shape[0]
@@ -109,8 +136,8 @@ def class_timescales(
         "tau_gen": t_gen,
         "tau_mem": t_mem,
         "final_gap": final_gap,
-        "learning_order": _order(t_gen),
-        "memorization_order": _order(t_mem),
+        ORDER_KEYS["tau_gen"]: class_order([reached(v) for v in t_gen]),
+        ORDER_KEYS["tau_mem"]: class_order([reached(v) for v in t_mem]),
         "train_loss": train[:, :-1],
         "test_loss": test[:, :-1],
         "train_loss_inf": train[:, -1],
@@ -119,44 +146,93 @@ def class_timescales(
     }
 
 
-def _order(times: Array) -> list[int]:
-    vals = np.where(np.isfinite(times), times, np.inf)
-    return [int(i) for i in np.argsort(vals, kind="stable")]
+@dataclass
+class ClassTimescales:
+    """One class's predicted times (:data:`~classdiff.core.results.Time`: NOT_REACHED when the curve never
+    gets there), its mixture statistics and its predicted curves (T,)."""
+
+    label: int
+    tau_gen: Time
+    tau_mem: Time
+    weight: float
+    variance: float
+    centroid_norm: float
+    final_gap: float
+    train_loss: Array = field(repr=False)
+    test_loss: Array = field(repr=False)
 
 
-def timescales_from_config(config: Any) -> dict[str, Any]:
-    """Pure function of a :class:`classdiff.core.config.Config`: the ``timescales`` JSON (DESIGN.md keys plus extras)."""
-    res = class_timescales(config)
-    mc = config.mixture
-    classes = []
-    for c in range(len(res["tau_gen"])):
-        classes.append({
-            "label": c,
-            "tau_gen": _num(res["tau_gen"][c]),
-            "tau_mem": _num(res["tau_mem"][c]),
-            "weight": float(mc.weights[c]),
-            "variance": float(mc.variances[c]),
-            "centroid_norm": float(mc.centroid_norms[c]),
-            "final_gap": float(res["final_gap"][c]),
-            "train_loss": res["train_loss"][c],
-            "test_loss": res["test_loss"][c],
-        })
-    spec = res["spectrum"]
-    return {
-        "classes": classes,
-        "tau": res["tau"],
-        "learning_order": res["learning_order"],
-        "memorization_order": res["memorization_order"],
-        "edges": spec.edges_.tolist(),
-        "definitions": {
-            "tau_gen": f"readoff.generalization_time of the predicted class test loss, tolerance "
-                       f"{config.training.gen_tolerance}",
-            "tau_mem": f"readoff.memorization_time of the predicted class gap, fraction {config.training.mem_fraction},"
+@dataclass
+class TimescalesResult:
+    """The ``timescales`` result: per-class times, the orders (labels, earliest first), the training-time grid
+    ``tau`` (T,), the bulk ``edges`` of the loss model's spectrum and the definitions used."""
+
+    classes: list[ClassTimescales]
+    tau: Array = field(repr=False)
+    generalization_order: list[int]
+    memorization_order: list[int]
+    edges: list[list[float]]
+    definitions: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """DESIGN.md keys: ``classes`` [{label, tau_gen, tau_mem, ...}], the orders by ORDER_KEYS, ``tau``, ..."""
+        return {
+            "classes": [vars(c).copy() for c in self.classes],
+            "tau": self.tau,
+            ORDER_KEYS["tau_gen"]: self.generalization_order,
+            ORDER_KEYS["tau_mem"]: self.memorization_order,
+            "edges": self.edges,
+            "definitions": self.definitions,
+        }
+
+
+def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, theory: TheoryConfig,
+                                 training: TrainingConfig | None = None,
+                                 labels: ArrayLike | None = None) -> TimescalesResult:
+    """Predicted per-class timescales of the training mixture ``mixture`` (weights = training fractions n_c/n).
+
+    ``model`` gives psi_p, psi_n, t and the activation, ``theory`` the solver settings, ``training`` (default
+    :class:`~classdiff.core.config.TrainingConfig`) the tau grid and the read-off parameters. ``labels`` name
+    the classes (default ``mixture.labels_`` for a fitted mixture, else 0..K-1); the orders are in those labels.
+    """
+    from classdiff.core.config import TrainingConfig
+
+    tr = training if training is not None else TrainingConfig()
+    if labels is None:
+        labels = getattr(mixture, "labels_", np.arange(mixture.n_classes))
+    labs = [int(v) for v in np.asarray(labels).reshape(-1)]
+    res = _timescales_of_types(types_for_mixture(mixture, model, theory), theory, tr, None)
+    gen = [reached(v) for v in res["tau_gen"]]
+    mem = [reached(v) for v in res["tau_mem"]]
+    variances, norms = mixture.mean_variances, mixture.centroid_norms
+    classes = [
+        ClassTimescales(label=labs[c], tau_gen=gen[c], tau_mem=mem[c], weight=float(mixture.weights[c]),
+                        variance=float(variances[c]), centroid_norm=float(norms[c]),
+                        final_gap=float(res["final_gap"][c]), train_loss=res["train_loss"][c],
+                        test_loss=res["test_loss"][c])
+        for c in range(mixture.n_classes)
+    ]
+    return TimescalesResult(
+        classes=classes,
+        tau=res["tau"],
+        generalization_order=class_order(gen, labs),
+        memorization_order=class_order(mem, labs),
+        edges=res["spectrum"].edges_.tolist(),
+        definitions={
+            "tau_gen": f"readoff.generalization_time of the predicted class test loss, tolerance {tr.gen_tolerance}",
+            "tau_mem": f"readoff.memorization_time of the predicted class gap, fraction {tr.mem_fraction},"
                        " final gap at tau = inf",
-            "closure": "mode-diagonal closure of the loss on the eigenmodes of U (docs/theory.md §5.2)",
+            "closure": CLOSURE,
         },
-    }
+    )
 
 
-def _num(v: float) -> float | None:
-    return float(v) if np.isfinite(v) else None
+def timescales_from_config(config: Config) -> TimescalesResult:
+    """Pure function of a :class:`classdiff.core.config.Config`: :func:`class_timescales_for_mixture` of the
+    training mixture of its ``[mixture]`` section (the ``timescales`` result)."""
+    result = class_timescales_for_mixture(training_mixture(config), config.model, config.theory, config.training)
+    mc = config.mixture
+    for c, cl in enumerate(result.classes):  # report the configured statistics, not the n_c/n fractions
+        cl.weight, cl.variance, cl.centroid_norm = (float(mc.weights[c]), float(mc.variances[c]),
+                                                    float(mc.centroid_norms[c]))
+    return result

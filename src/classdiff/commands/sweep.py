@@ -29,6 +29,7 @@ import importlib
 import io
 import itertools
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,23 @@ def _client(scheduler: str, n_workers: int):
     return Client(scheduler), None
 
 
+def _cached(path: Path) -> bool:
+    """Whether ``path`` holds a usable cached point; a truncated, empty or malformed one is reported (by file,
+    as a warning) and removed, so that the point is computed again."""
+    if not path.is_file():
+        return False
+    try:
+        entry = read_json(path)
+        if not isinstance(entry, dict) or not isinstance(entry.get("result"), dict) or "overrides" not in entry:
+            raise ValueError("no 'overrides' and 'result' entries")
+    except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+        warnings.warn(f"{path}: corrupt sweep cache entry ({' '.join(str(exc).split())}); computing the point "
+                      "again", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def run_sweep(
     config: Config,
     out: Path,
@@ -102,7 +120,7 @@ def run_sweep(
     points = grid_points(config)
     configs = [point_config(config, p) for p in points]
     digests = [c.digest() for c in configs]
-    missing = [i for i, dg in enumerate(digests) if not (points_dir / f"{dg}.json").is_file()]
+    missing = [i for i, dg in enumerate(digests) if not _cached(points_dir / f"{dg}.json")]
     cached = len(points) - len(missing)
 
     def store(i: int, result: dict) -> None:

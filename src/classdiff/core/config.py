@@ -4,7 +4,7 @@ A config file has the sections ``[mixture]``, ``[model]``, ``[training]``, ``[th
 ``[sweep]``; every section is optional and every field has a default. Each bad value raises
 :class:`ConfigError`, whose message names the field, the value and what is allowed, e.g.::
 
-    mixture.weights = [0.7, 0.2]: must be non-negative numbers summing to 1 within 1e-09 (sum is 0.9)
+    mixture.weights = [0.7, 0.2]: must be positive numbers summing to 1 within 1e-09 (sum is 0.9)
 
 Configs are frozen dataclasses: change one with :meth:`Config.with_overrides` (``{"mixture.dim": 100}``),
 which validates again. :meth:`Config.digest` is a stable hash used to cache sweep points.
@@ -170,12 +170,13 @@ class MixtureConfig(_Section):
     def __post_init__(self) -> None:
         s = "mixture."
         object.__setattr__(self, "dim", _integer(s + "dim", self.dim, 1))
-        w = _float_tuple(s + "weights", self.weights, _nonnegative)
+        # a zero-weight class has no data: its times would be read off a class the model never sees
+        w = _float_tuple(s + "weights", self.weights, _positive)
         if abs(sum(w) - 1.0) > WEIGHT_TOLERANCE:
             raise ConfigError(
                 s + "weights",
                 list(self.weights),
-                f"must be non-negative numbers summing to 1 within {WEIGHT_TOLERANCE:g} (sum is {sum(w):.12g})",
+                f"must be positive numbers summing to 1 within {WEIGHT_TOLERANCE:g} (sum is {sum(w):.12g})",
             )
         object.__setattr__(self, "weights", w)
         k = len(w)
@@ -407,7 +408,7 @@ class ImagesConfig(_Section):
                 raise ConfigError(s + "counts", list(cnt), f"must have one entry per class ({len(cls)})")
             object.__setattr__(self, "counts", cnt)
         if self.weights is not None:
-            w = _float_tuple(s + "weights", self.weights, _nonnegative)
+            w = _float_tuple(s + "weights", self.weights, _positive)  # every class needs images
             if len(w) != len(cls):
                 raise ConfigError(s + "weights", list(w), f"must have one entry per class ({len(cls)})")
             if abs(sum(w) - 1) > WEIGHT_TOLERANCE:

@@ -43,6 +43,7 @@ __all__ = [
     "cache_dir",
     "find_fashion_mnist",
     "load_fashion_mnist",
+    "read_checksums",
     "read_idx",
     "subset_counts",
     "to_model_space",
@@ -104,12 +105,40 @@ def _search_folders() -> list[Path]:
 
 
 def find_fashion_mnist(folders: Sequence[Path] | None = None) -> Path | None:
-    """The first folder (see the module docstring for the order) that holds all four files, or None."""
+    """The first folder (see the module docstring for the order) that holds all four files, or None.
+
+    A ``FASHION_MNIST_DIR`` that is set but does not hold the four files is an error (:class:`DataFileError`),
+    not a reason to read another copy silently.
+    """
+    env = os.environ.get("FASHION_MNIST_DIR")
+    if folders is None and env:
+        missing = [s for s in FILES.values() if _candidate(Path(env), s) is None]
+        if missing:
+            what = "is not a folder" if not Path(env).is_dir() else f"lacks {', '.join(missing)} (or .gz)"
+            raise DataFileError(f"FASHION_MNIST_DIR={env}: {what}; point it at the folder with the four idx "
+                                "files, or unset it to use the Debian copy or the cache")
     for folder in (folders if folders is not None else _search_folders()):
         folder = Path(folder)
         if all(_candidate(folder, stem) is not None for stem in FILES.values()):
             return folder
     return None
+
+
+def read_checksums(path: str | Path) -> dict[str, str]:
+    """The ``SHA256SUMS`` file at ``path`` (``<64 hex digits>  <file name>`` lines, as ``sha256sum`` writes them)
+    as {file stem without ``.gz``: digest}; a malformed line is a :class:`DataFileError` naming file and line."""
+    path = Path(path)
+    out: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        digest = parts[0].lower() if parts else ""
+        if len(parts) != 2 or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            raise DataFileError(f"{path}: line {number} is {line.strip()!r}; expected '<sha256 in 64 hex digits>  "
+                                "<file name>'")
+        out[parts[1].lstrip("*").removesuffix(".gz")] = digest
+    return out
 
 
 def _read_bytes(path: Path) -> bytes:

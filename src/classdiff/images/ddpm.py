@@ -9,44 +9,57 @@ default (with ``images.ema > 0`` both raw and EMA weights are saved).
 Reproducibility and resumption. Every random choice of optimizer step s (the mini-batch, the steps k, the
 noise eps, dropout masks) is drawn from generators seeded by (seed, s) only, and the mini-batches walk through
 per-epoch permutations seeded by (seed, epoch). A checkpoint holds model + optimizer (+ EMA) state, the RNG
-states (torch, numpy, python) and the step, written atomically (temporary file + ``os.replace``). A run killed
-at any moment (even SIGKILL) and restarted continues from its last checkpoint and, on CPU, ends bit-identical
-to an uninterrupted run.
+states (torch, numpy, python) and the step, written atomically (temporary file + ``os.replace``) beside a
+``.sha256`` file holding its checksum. A run killed at any moment (even SIGKILL) and restarted continues from its
+last checkpoint and, on CPU at the same thread count (recorded as ``torch_threads``), ends bit-identical to an
+uninterrupted run; a latest checkpoint that is truncated or fails its checksum is reported and skipped for the
+previous good one.
+
+A run folder belongs to one training config: resuming with a config that differs in anything but the step
+count, the checkpoint count, the device and the evaluation settings (:data:`RESUMABLE_FIELDS`) is refused with
+the differing fields named; ``resume=False`` (``classdiff train --fresh``) deletes the old checkpoints first.
+While training, the folder is locked (:func:`classdiff.core.io.exclusive_folder`) against a second writer.
 
 Run folder::
 
     config.toml          the full config
     indices.json         the training subset: indices into the Fashion-MNIST training set, labels, counts
-    checkpoints/step_00001234.pt
+    checkpoints/step_00001234.pt, step_00001234.pt.sha256
     metrics/train_loss.csv, train.json
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import io
 import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from classdiff.core.config import Config, ImagesConfig, save_config
-from classdiff.core.io import write_json_atomic
+from classdiff.core.config import Config, ImagesConfig, load_config, save_config
+from classdiff.core.io import exclusive_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from classdiff.images.schedule import DDPMSchedule
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "RESUMABLE_FIELDS",
+    "CheckpointError",
+    "CheckpointWarning",
     "build_model",
     "checkpoint_steps",
     "class_index",
     "list_checkpoints",
     "load_checkpoint",
+    "load_latest_checkpoint",
     "load_training_data",
     "make_optimizer",
     "resolve_device",
@@ -54,6 +67,21 @@ __all__ = [
 ]
 
 CHECKPOINT_DIR = "checkpoints"
+
+#: ``[images]`` fields a run may change between a checkpoint and its resumption: they do not touch the weights
+#: trained so far (the step count, the checkpoint grid, the device, and everything ``evaluate`` alone reads).
+RESUMABLE_FIELDS = frozenset({
+    "steps", "n_checkpoints", "device", "n_samples", "sampler_steps", "loss_times", "memorization_threshold",
+    "n_bootstrap", "loss_images", "loss_noise_draws", "eval_batch_size", "classifier_epochs",
+})
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: truncated, corrupt, failing its checksum, or holding unsafe objects."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (corrupt or truncated) and an earlier one used instead."""
 
 
 def make_optimizer(params: Iterable, optimizer: str, learning_rate: float) -> torch.optim.Optimizer:
@@ -121,17 +149,14 @@ def load_training_data(cfg: ImagesConfig, data_root: str | Path | None = None) -
         build_subset,
         find_fashion_mnist,
         load_fashion_mnist,
+        read_checksums,
         subset_counts,
     )
 
     root = Path(data_root) if data_root is not None else find_fashion_mnist()
     checksums: dict[str, str] = dict(SHA256)
     if root is not None and (Path(root) / "SHA256SUMS").is_file():
-        checksums = {}
-        for line in (Path(root) / "SHA256SUMS").read_text().splitlines():
-            if line.strip():
-                digest, name = line.split()
-                checksums[name.removesuffix(".gz")] = digest
+        checksums = read_checksums(Path(root) / "SHA256SUMS")
     data = load_fashion_mnist(root, checksums=checksums)
     counts = subset_counts(cfg.classes, counts=cfg.counts, weights=cfg.weights, n_total=cfg.n_train)
     indices = build_subset(data.train_labels, cfg.classes, counts, cfg.seed)
@@ -163,38 +188,106 @@ def _set_numpy_rng_state(state: Any) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))  # noqa: NPY002
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     """The state saved by :func:`train_unet` at ``path``, tensors on ``device``.
 
-    Loaded with ``torch.load(weights_only=True)``: tensors, state dicts and plain Python values only, so a file
-    holding any other pickled object (which could run code when unpickled) is refused with a ``ValueError`` naming
-    the file. numpy arrays are allowed as well, for the RNG state of checkpoints written before it was saved as a
-    plain list.
+    The file is first checked against its ``.sha256`` companion (checkpoints written before checksums were
+    added have none and are only checked by loading). Loaded with ``torch.load(weights_only=True)``: tensors,
+    state dicts and plain Python values only, so a file holding any other pickled object (which could run code
+    when unpickled) is refused. numpy arrays are allowed as well, for the RNG state of checkpoints written
+    before it was saved as a plain list. Every failure is a :class:`CheckpointError` naming the file.
     """
     import pickle
 
     import torch
 
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read this checkpoint ({e.strerror or e})") from e
+    sums = _checksum_path(path)
+    if sums.is_file():
+        expected = sums.read_text().split()[0] if sums.read_text().split() else ""
+        actual = hashlib.sha256(raw).hexdigest()
+        if actual != expected:
+            raise CheckpointError(f"{path}: checksum mismatch (file {actual[:12]}..., {sums.name} "
+                                  f"{expected[:12] or 'empty'}...): the checkpoint is corrupt or was replaced")
     reconstruct = np.zeros(1, dtype=np.uint32).__reduce__()[0]  # numpy's array unpickler, without private imports
     numpy_arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct]
     try:
         with torch.serialization.safe_globals(numpy_arrays):
-            return torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused to load this checkpoint: it holds objects other than tensors, state "
-                         f"dicts and plain Python values (torch.load weights_only=True): {e}") from e
+        raise CheckpointError(f"{path}: refused to load this checkpoint: it holds objects other than tensors, "
+                              f"state dicts and plain Python values (torch.load weights_only=True): {e}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:  # truncated zip, empty file, bad record
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not a classdiff training checkpoint (no step/model entries)")
+    return state
+
+
+def load_latest_checkpoint(run_dir: str | Path, device: str = "cpu",
+                           max_step: int | None = None) -> tuple[int, dict[str, Any]] | None:
+    """(step, state) of the newest usable checkpoint in ``run_dir`` (at most ``max_step``), or None if none.
+
+    A checkpoint that is truncated, corrupt or fails its checksum is skipped with a :class:`CheckpointWarning`
+    naming it, and the previous one is tried. One holding unsafe (code-running) objects is not skipped: its
+    :class:`CheckpointError` propagates, since the folder has been tampered with.
+    """
+    for step, path in reversed(list_checkpoints(run_dir)):
+        if max_step is not None and step > max_step:
+            continue
+        try:
+            return step, load_checkpoint(path, device)
+        except CheckpointError as e:
+            if "refused to load" in str(e):
+                raise
+            warnings.warn(f"{e}; skipped, trying the previous checkpoint", CheckpointWarning, stacklevel=2)
+    return None
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, its SHA-256 first into ``path.sha256`` (a checkpoint that exists
+    is therefore always covered by its checksum file; a checksum file without its checkpoint is ignored)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    raw = buffer.getvalue()
+    write_text_atomic(_checksum_path(path), f"{hashlib.sha256(raw).hexdigest()}  {path.name}\n")
+    write_bytes_atomic(path, raw)
+
+
+def _check_resumable(out: Path, config: Config) -> None:
+    """Refuse to resume the run in ``out`` with an ``[images]`` config that changes its trained weights."""
+    saved_path = out / "config.toml"
+    if not saved_path.is_file() or not list_checkpoints(out):  # nothing trained yet: nothing to mix
+        return
+    try:
+        saved = load_config(saved_path).images.to_dict()
+    except Exception as e:  # any unreadable saved config is reported the same way
+        raise ValueError(f"{saved_path}: the run folder's config cannot be read ({e}); use --fresh to start over "
+                         "or another --out") from e
+    new = config.images.to_dict()
+    changed = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_FIELDS and saved.get(k) != new.get(k))
+    if changed:
+        diff = "; ".join(f"images.{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"{out}: refused to resume: the run folder was trained with another config ({diff}). "
+                         "Use --fresh to discard its checkpoints, or another --out")
+
+
+def _clear_checkpoints(out: Path) -> None:
+    folder = out / CHECKPOINT_DIR
+    if folder.is_dir():
+        for p in list(folder.glob("step_*.pt")) + list(folder.glob("step_*.pt.sha256")):
+            p.unlink()
 
 
 def resolve_device(name: str) -> str:
@@ -229,14 +322,31 @@ def train_unet(
     mini-batch and gradients are averaged by DistributedDataParallel (rank 0 writes the folder).
 
     Returns ``{"steps": [...], "loss": [...], "checkpoints": [...], "resumed_from": step or None,
-    "images_per_second": ..., "device": ...}`` (the loss averaged over logging windows).
+    "images_per_second": ..., "device": ..., "torch_threads": ...}`` (the loss averaged over logging windows).
+    Raises ``ValueError`` when ``out_dir`` holds a run of another config (see the module docstring) and
+    :class:`classdiff.core.io.RunFolderBusy` when another process is training into it.
     """
+    import contextlib
+
+    full = config if isinstance(config, Config) else Config(images=config)
+    out = Path(out_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    lock = exclusive_folder(out) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        if rank == 0:
+            if resume:
+                _check_resumable(out, full)
+            else:
+                _clear_checkpoints(out)
+        return _train(full, out, data_root=data_root, resume=resume, progress=progress)
+
+
+def _train(full: Config, out: Path, *, data_root: str | Path | None, resume: bool, progress: bool) -> dict[str, Any]:
+    """The training loop of :func:`train_unet` (the run folder already checked and locked)."""
     import torch
     import torch.nn.functional as F
 
-    full = config if isinstance(config, Config) else Config(images=config)
-    cfg = _images_config(config)
-    out = Path(out_dir)
+    cfg = full.images
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     distributed = world > 1
@@ -280,10 +390,13 @@ def train_unet(
 
     start, history, resumed_from = 0, {"step": [], "loss": []}, None
     window: list[float] = []  # losses since the last logged point (saved, so a resumed history is identical)
-    ckpts = list_checkpoints(out) if resume else []
-    if ckpts:
-        step0, path = ckpts[-1]
-        state = load_checkpoint(path, device)
+    beyond = [s for s, _ in list_checkpoints(out) if s > cfg.steps] if resume else []
+    if beyond:
+        raise ValueError(f"{out}: images.steps = {cfg.steps} but the run folder holds a checkpoint at step "
+                         f"{beyond[-1]}; raise images.steps or use --fresh")
+    latest = load_latest_checkpoint(out, device) if resume else None
+    if latest is not None:
+        step0, state = latest
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
@@ -357,7 +470,7 @@ def train_unet(
                 "step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "ema": ema, "history": history, "loss_window": list(window),
                 "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
-                "config": full.to_dict(),
+                "config": full.to_dict(), "torch_threads": torch.get_num_threads(),
             })
         if distributed and done in save_at:
             import torch.distributed as dist
@@ -375,12 +488,10 @@ def train_unet(
         "checkpoints": [s for s, _ in list_checkpoints(out)], "resumed_from": resumed_from,
         "images_per_second": imgs / elapsed if elapsed > 0 and imgs else None, "device": device,
         "n_train": int(n), "counts": list(loaded["counts"]), "classes": list(cfg.classes),
+        "torch_threads": torch.get_num_threads(),
     }
     if rank == 0:
-        (out / "metrics").mkdir(exist_ok=True)
-        with open(out / "metrics" / "train_loss.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["step", "loss"])
-            w.writerows(zip(history["step"], history["loss"]))
+        rows = "".join(f"{s},{v!r}\n" for s, v in zip(history["step"], history["loss"]))
+        write_text_atomic(out / "metrics" / "train_loss.csv", "step,loss\n" + rows)
         write_json_atomic(out / "metrics" / "train.json", result)
     return result

@@ -254,7 +254,7 @@ def _plot(rows: list[dict], grid_keys: list[str], out: Path) -> None:
             ax.set_yscale("log")
         ax.set_xlabel(x_key)
         ax.set_title(m, fontsize=9)
-        if len(groups) <= 8:
+        if 1 < len(groups) <= 8 or (len(groups) == 1 and any(name for name in ax.get_legend_handles_labels()[1])):
             ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, out / "sweep")

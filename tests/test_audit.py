@@ -44,8 +44,8 @@ def test_audit_recovers_variance_ordering(tmp_path):
 
 
 def test_predict_for_data_maps_labels_through_the_mixture():
-    from classdiff.theory.audit import audit, predict_for_data
-    from classdiff.theory.data_statistics import image_class_statistics, predicted_order
+    from classdiff.core.readoff import ORDER_KEYS
+    from classdiff.theory.audit import audit, predict_for_data, predict_for_mixture
 
     x, y = _data()
     pred = predict_for_data(x, y)
@@ -54,9 +54,14 @@ def test_predict_for_data_maps_labels_through_the_mixture():
     assert pred.psi_n == len(y) / x.shape[1]
     res = audit(x, y)
     assert [c.tau_gen for c in res.classes] == [c.tau_gen for c in pred.timescales.classes]
-    legacy = predicted_order(image_class_statistics(x, y))  # the deprecated alias gives the same prediction
-    assert legacy["available"] and legacy["generalization_order"] == [4, 3]
-    assert [c["tau_gen"] for c in legacy["classes"]] == [c.tau_gen for c in pred.timescales.classes]
+    # the same prediction from the fitted mixture itself (the path images.evaluation takes)
+    fitted = predict_for_mixture(GaussianMixture.fit(x, y))
+    assert [(c.label, c.tau_gen, c.tau_mem) for c in fitted.timescales.classes] == \
+        [(c.label, c.tau_gen, c.tau_mem) for c in pred.timescales.classes]
+    d = pred.to_dict()  # the orders under the ORDER_KEYS names only
+    assert d[ORDER_KEYS["tau_gen"]] == [4, 3] and sorted(d[ORDER_KEYS["tau_mem"]]) == [3, 4]
+    assert {k for k in d if k.endswith("_order")} == {ORDER_KEYS["tau_gen"], ORDER_KEYS["tau_mem"]}
+    assert [c["tau_gen"] for c in d["classes"]] == [c.tau_gen for c in pred.timescales.classes]
 
 
 def test_bad_data_file(tmp_path):

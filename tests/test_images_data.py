@@ -1,6 +1,7 @@
 """Fashion-MNIST idx loading, validation, look-up order, imbalanced subsets and per-class statistics.
 
-Every test writes its own small synthetic idx files; none needs the real data set.
+Every test writes its own small synthetic idx files, except the theory's predicted order on the real data set
+(Debian's ``dataset-fashion-mnist``, which ``make test`` installs).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import hashlib
 import numpy as np
 import pytest
 
+from classdiff.core.config import Config
+from classdiff.core.readoff import ORDER_KEYS
 from classdiff.data import fashion_mnist as fm
-from classdiff.data.labelled import class_statistics as image_class_statistics
+from classdiff.data.labelled import class_statistics
 from classdiff.data.mixture import GaussianMixture
 
 
@@ -162,7 +165,7 @@ def test_class_statistics_against_direct_computation():
     x = np.concatenate([rng.normal(0.5, 0.3, (40, 6)), rng.normal(-1.0, 0.8, (10, 6))])
     x[:, 0] *= 3.0  # anisotropic
     y = np.array([4] * 40 + [9] * 10)
-    st = image_class_statistics(x, y, n_eigenvalues=3)
+    st = class_statistics(x, y, n_eigenvalues=3)
     mean = x.mean(0)
     for i, c in enumerate((4, 9)):
         xc = x[y == c]
@@ -180,14 +183,53 @@ def test_class_statistics_against_direct_computation():
 
 
 def test_predicted_order_maps_labels():
-    from classdiff.theory.data_statistics import predicted_order
+    from classdiff.core.readoff import class_order
+    from classdiff.theory.audit import predict_for_data
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0.3, 0.5, (60, 40)), rng.normal(-0.3, 1.0, (20, 40))])
     y = np.array([2] * 60 + [5] * 20)
-    st = image_class_statistics(x, y)
-    res = predicted_order(st)
-    assert res["available"] is True
+    pred = predict_for_data(x, y)
+    res = pred.to_dict()
     assert [c["label"] for c in res["classes"]] == [2, 5]
-    assert sorted(res["generalization_order"]) == [2, 5] and sorted(res["memorization_order"]) == [2, 5]
+    # the wider class 5 generalizes first and memorizes last
+    assert res["generalization_order"] == [5, 2] and res["memorization_order"] == [2, 5]
+    assert res["generalization_order"] == class_order([c["tau_gen"] for c in res["classes"]], [2, 5])
+    assert res["memorization_order"] == class_order([c["tau_mem"] for c in res["classes"]], [2, 5])
+    assert {k for k in res if k.endswith("_order")} == {ORDER_KEYS["tau_gen"], ORDER_KEYS["tau_mem"]}
     assert res["psi_n"] == pytest.approx(80 / 40)
+    # the classes asked for in the other order: each label keeps its times, the orders are unchanged
+    swapped = predict_for_data(x, y, labels=[5, 2])
+    assert [c.label for c in swapped.timescales.classes] == [5, 2]
+    times = {c.label: (c.tau_gen, c.tau_mem) for c in pred.timescales.classes}
+    for c in swapped.timescales.classes:
+        assert (c.tau_gen, c.tau_mem) == pytest.approx(times[c.label], rel=1e-9)
+    assert swapped.generalization_order == [5, 2] and swapped.memorization_order == [2, 5]
+
+
+def test_predicted_order_on_fashion_mnist_names_the_classes():
+    """The demo's classes of the real data set: Bag (high pixel variance) is predicted to generalize before
+    Trouser (low pixel variance), and Trouser to be memorized first; the orders hold Fashion-MNIST label ids."""
+    from classdiff.images.evaluation import theory_prediction
+    from classdiff.theory.audit import predict_for_data
+
+    root = fm.find_fashion_mnist()
+    if root is None:
+        pytest.skip("Fashion-MNIST not found: needs Debian's dataset-fashion-mnist (make test installs it) "
+                    "or FASHION_MNIST_DIR")
+    data = fm.load_fashion_mnist(root)
+    classes = (1, 8)
+    idx = fm.build_subset(data.train_labels, classes, (540, 60), seed=0)
+    x, y = fm.to_model_space(data.train_images[idx]), data.train_labels[idx]
+    pred = predict_for_data(x, y, labels=classes)
+    assert [fm.CLASS_NAMES[c.label] for c in pred.timescales.classes] == ["Trouser", "Bag"]
+    assert [fm.CLASS_NAMES[c] for c in pred.generalization_order] == ["Bag", "Trouser"]
+    assert [fm.CLASS_NAMES[c] for c in pred.memorization_order] == ["Trouser", "Bag"]
+    assert pred.psi_n == pytest.approx(600 / 784)
+    swapped = predict_for_data(x, y, labels=classes[::-1])
+    times = {c.label: (c.tau_gen, c.tau_mem) for c in pred.timescales.classes}
+    for c in swapped.timescales.classes:
+        assert (c.tau_gen, c.tau_mem) == pytest.approx(times[c.label], rel=1e-9)
+    assert (swapped.generalization_order, swapped.memorization_order) == ([8, 1], [1, 8])
+    # the evaluation's theory section is this prediction
+    assert theory_prediction(x, y, classes, Config()) == {"available": True, **pred.to_dict()}

@@ -4,7 +4,8 @@ The theory modules (numpy/scipy only) are imported lazily so that ``import class
 torch-based modules (U-Net, iterative random-features trainer) are imported only when used.
 
 Public API (mirrors the CLI): ``GaussianMixture``, ``RandomFeaturesScore``, ``FeatureSpectrum``,
-``class_timescales``, ``class_timescales_for_mixture``, ``predict_for_data``, ``speciation_times``, ``train_unet``, ``memorization_by_class``, ``load_config``.
+``class_timescales``, ``class_timescales_for_mixture``, ``predict_for_data``, ``predict_for_mixture``,
+``speciation_times``, ``train_unet``, ``memorization_by_class``, ``load_config``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _LAZY = {
     "class_timescales": "classdiff.theory.timescales",
     "class_timescales_for_mixture": "classdiff.theory.timescales",
     "predict_for_data": "classdiff.theory.audit",
+    "predict_for_mixture": "classdiff.theory.audit",
     "speciation_times": "classdiff.theory.speciation",
     "train_unet": "classdiff.images.ddpm",
     "memorization_by_class": "classdiff.images.memorization",

@@ -197,11 +197,8 @@ def _rank(order: list[int] | None, label: int) -> int | None:
 
 
 def _order_of(section: dict[str, Any], key: str) -> list[int] | None:
-    # ORDER_KEYS names; "learning_order" is the retired name of the generalization order (older run folders)
-    name = ORDER_KEYS[key]
-    if name in section:
-        return section[name]
-    return section.get("learning_order") if key == "tau_gen" else None
+    """The order of the per-class time ``key`` in an evaluation section, under its :data:`ORDER_KEYS` name."""
+    return section.get(ORDER_KEYS[key])
 
 
 def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:

@@ -10,8 +10,8 @@ For each checkpoint (same DDIM starting noise at every checkpoint):
 
 Then the measured per-class times, read off with :mod:`classdiff.core.readoff` over optimizer steps:
 tau_gen,c (test loss at the first loss time), tau_mem,c (its train/test gap) and tau_fmem,c (first step at which
-f_mem,c reaches half its final value), beside the theory's predicted order from the per-class statistics of the
-training subset (:func:`classdiff.theory.data_statistics.predicted_order`). The gap is measured from its value at the first
+f_mem,c reaches half its final value), beside the theory's prediction for the Gaussian mixture fitted to the training subset
+(:func:`classdiff.theory.audit.predict_for_data`: ``GaussianMixture.fit``, isotropic classes). The gap is measured from its value at the first
 checkpoint (the train and test image sets differ, so an untrained network already shows a small gap); a class whose
 gap grows by less than ``MIN_RELATIVE_GAP`` of its final test loss has not memorized within the run: its tau_mem,c
 is reported as :data:`~classdiff.core.results.NOT_REACHED` (not read off a curve that is noise around a
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from classdiff.core.config import load_config
+from classdiff.core.config import Config, load_config
 from classdiff.core.io import read_json, save_figure, save_npz_atomic, write_json_atomic
 from classdiff.core.readoff import (
     ORDER_KEYS,
@@ -44,8 +44,10 @@ from classdiff.core.readoff import (
     memorization_time,
 )
 from classdiff.core.results import NOT_REACHED, format_value, reached, time_or_nan
+from classdiff.data.labelled import class_statistics
+from classdiff.theory.audit import predict_for_data
 
-__all__ = ["FMEM_ORDER_KEY", "MIN_RELATIVE_GAP", "evaluate_run", "format_comparison"]
+__all__ = ["FMEM_ORDER_KEY", "MIN_RELATIVE_GAP", "evaluate_run", "format_comparison", "theory_prediction"]
 
 MIN_RELATIVE_GAP = 0.02
 """Smallest final train/test gap, as a fraction of the final test loss, read as memorization."""
@@ -83,6 +85,22 @@ def _first_per_class(labels: np.ndarray, classes: tuple[int, ...], cap: int) -> 
     return np.concatenate([np.flatnonzero(labels == c)[:cap] for c in classes]).astype(np.int64)
 
 
+def theory_prediction(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...], config: Config) -> dict[str, Any]:
+    """The ``theory`` section of the evaluation: :func:`~classdiff.theory.audit.predict_for_data` for images ``x``
+    (n, ...) with labels ``y`` (n,), classes in the order ``classes``, at the random-features settings of
+    ``config`` (psi_n = n/d).
+
+    ``available`` True with the prediction's ``to_dict()`` (``classes`` [{label, tau_gen, tau_mem}], the orders
+    under :data:`ORDER_KEYS` names, psi_p, psi_n, time); or ``available`` False with a ``reason`` when the theory
+    fails for these statistics, so that the measurement side still runs.
+    """
+    try:
+        prediction = predict_for_data(x, y, config, labels=classes)
+    except Exception as exc:  # the theory may not converge for some statistics; report, do not crash
+        return {"available": False, "reason": f"theory prediction failed: {type(exc).__name__}: {exc}"}
+    return {"available": True, **prediction.to_dict()}
+
+
 def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, device: str | None = None,
                  progress: bool = True, use_ema: bool = False) -> dict[str, Any]:
     """Evaluate all checkpoints of ``run_dir`` (written by :func:`~classdiff.images.ddpm.train_unet`).
@@ -105,7 +123,6 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     from classdiff.images.quality import class_histogram, denoising_loss_by_class, frechet_by_class
     from classdiff.images.sampling import ddim_sample, fixed_noise
     from classdiff.images.schedule import DDPMSchedule
-    from classdiff.theory.data_statistics import image_class_statistics, predicted_order
 
     run = Path(run_dir)
     if not (run / "config.toml").is_file():
@@ -133,8 +150,8 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     x_test_all, y_test_all = to_model_space(data.test_images[test_sel]), data.test_labels[test_sel].astype(np.int64)
 
     # statistics and theory
-    stats = image_class_statistics(x_train, y_train, labels=classes)
-    theory = predicted_order(stats, config)
+    stats = class_statistics(x_train, y_train, labels=classes)
+    theory = theory_prediction(x_train, y_train, classes, config)
 
     # classifier on the full real training set (all ten classes), cached
     _log("classifier: loading or training (cached) ...", progress)
@@ -366,9 +383,7 @@ def format_comparison(result: dict[str, Any]) -> str:
                      f" {fmt(rec.get('tau_mem'))} {fmt(rec.get('tau_fmem'))} {fmt(rec.get('f_mem_final'))}")
     gen_key, mem_key = ORDER_KEYS["tau_gen"], ORDER_KEYS["tau_mem"]
     if th.get("available"):
-        # the theory's orders under the same keys (theory.data_statistics; its older "learning_order" accepted)
-        gen = th.get(gen_key, th.get("learning_order"))
-        lines.append(f"theory   generalization order {gen}, memorization order {th.get(mem_key)}")
+        lines.append(f"theory   generalization order {th.get(gen_key)}, memorization order {th.get(mem_key)}")
     else:
         lines.append(f"theory   {th.get('reason')}")
     m = result["measured"]

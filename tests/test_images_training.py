@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from classdiff.core.config import Config, ImagesConfig, save_config
+from classdiff.core.readoff import ORDER_KEYS
 from classdiff.data.fashion_mnist import write_synthetic_fashion_mnist
 from classdiff.data.process import ddpm_alpha_bar, ddpm_time
 from classdiff.images.ddpm import (
@@ -237,8 +238,9 @@ def test_train_and_evaluate_cli(tmp_path, data_dir, monkeypatch):
     for c in m["classes"]:  # a time is a number, "inf", "nan" (not computed) or "not reached"; never null
         for key in ("tau_gen", "tau_mem", "tau_fmem"):
             assert c[key] in ("inf", "nan", "not reached") or isinstance(c[key], float), (key, c[key])
-    text = (run / "metrics" / "evaluation.json").read_text()
-    assert '"learning_order"' not in text.split('"theory"')[0]
+    saved = json.loads((run / "metrics" / "evaluation.json").read_text())
+    for section in (saved["measured"], saved["theory"]):  # one order vocabulary, measured and predicted
+        assert {k for k in section if k.endswith("_order")} <= {*ORDER_KEYS.values(), "fmem_order"}
     assert "available" in res["theory"]
     for stem in ("fmem_vs_step", "loss_gap_vs_step", "theory_vs_measured", "samples_step_00000030"):
         assert (run / "figures" / f"{stem}.png").is_file()

@@ -10,11 +10,13 @@ the folder. Files get the mode a plain ``open`` would give them (0666 less the u
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "save_figure",
     "save_npz_atomic",
     "write_bytes_atomic",
+    "write_csv_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -74,6 +77,15 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return _atomic_write(Path(path), lambda fh: fh.write(data))
+
+
+def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """A CSV table (``header`` then ``rows``, as the ``csv`` module writes them), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:

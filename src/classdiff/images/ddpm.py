@@ -44,7 +44,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from classdiff.core.config import Config, ImagesConfig, load_config, save_config
-from classdiff.core.io import exclusive_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
+from classdiff.core.io import (
+    exclusive_folder,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from classdiff.images.schedule import DDPMSchedule
 
 if TYPE_CHECKING:
@@ -491,7 +497,6 @@ def _train(full: Config, out: Path, *, data_root: str | Path | None, resume: boo
         "torch_threads": torch.get_num_threads(),
     }
     if rank == 0:
-        rows = "".join(f"{s},{v!r}\n" for s, v in zip(history["step"], history["loss"]))
-        write_text_atomic(out / "metrics" / "train_loss.csv", "step,loss\n" + rows)
+        write_csv_atomic(out / "metrics" / "train_loss.csv", ["step", "loss"], zip(history["step"], history["loss"]))
         write_json_atomic(out / "metrics" / "train.json", result)
     return result

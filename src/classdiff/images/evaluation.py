@@ -26,7 +26,6 @@ Writes ``metrics/evaluation.json``, ``metrics/memorization.csv``, ``metrics/loss
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from classdiff.core.config import Config, load_config
-from classdiff.core.io import read_json, save_figure, save_npz_atomic, write_json_atomic
+from classdiff.core.io import read_json, save_figure, save_npz_atomic, write_csv_atomic, write_json_atomic
 from classdiff.core.readoff import (
     ORDER_KEYS,
     class_order,
@@ -260,27 +259,20 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
 
 
 def _write_csvs(run: Path, classes, steps, mem_records, ltr, lte, t_used, fd_rows, hist_rows) -> None:
-    with open(run / "metrics" / "memorization.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["step", "class", "n_nearest", "f_mem", "ci_lo", "ci_hi", "n_classifier", "f_mem_classifier"])
-        for s, r in zip(steps, mem_records):
-            w.writerow([s, "all", r["n_samples"], r["f_mem"], *r["f_mem_ci"], "", ""])
-            for c in r["classes"]:
-                w.writerow([s, c["label"], c["n_nearest"], c["f_mem"], *c["f_mem_ci"], c.get("n_classifier"),
-                            c.get("f_mem_classifier")])
-    with open(run / "metrics" / "loss.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["step", "class", "t", "train_loss", "test_loss", "gap"])
-        for a, s in enumerate(steps):
-            for i, c in enumerate(classes):
-                for j, t in enumerate(t_used):
-                    w.writerow([s, c, t, ltr[a, i, j], lte[a, i, j], lte[a, i, j] - ltr[a, i, j]])
-    with open(run / "metrics" / "quality.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["step", "class", "frechet", "sample_fraction"])
-        for s, fd, h in zip(steps, fd_rows, hist_rows):
-            for i, c in enumerate(classes):
-                w.writerow([s, c, fd[int(c)], h[i]])
+    memorization = []
+    for s, r in zip(steps, mem_records):
+        memorization.append([s, "all", r["n_samples"], r["f_mem"], *r["f_mem_ci"], "", ""])
+        memorization += [[s, c["label"], c["n_nearest"], c["f_mem"], *c["f_mem_ci"], c.get("n_classifier"),
+                          c.get("f_mem_classifier")] for c in r["classes"]]
+    write_csv_atomic(run / "metrics" / "memorization.csv",
+                     ["step", "class", "n_nearest", "f_mem", "ci_lo", "ci_hi", "n_classifier", "f_mem_classifier"],
+                     memorization)
+    write_csv_atomic(run / "metrics" / "loss.csv", ["step", "class", "t", "train_loss", "test_loss", "gap"],
+                     ([s, c, t, ltr[a, i, j], lte[a, i, j], lte[a, i, j] - ltr[a, i, j]]
+                      for a, s in enumerate(steps) for i, c in enumerate(classes) for j, t in enumerate(t_used)))
+    write_csv_atomic(run / "metrics" / "quality.csv", ["step", "class", "frechet", "sample_fraction"],
+                     ([s, c, fd[int(c)], h[i]] for s, fd, h in zip(steps, fd_rows, hist_rows)
+                      for i, c in enumerate(classes)))
 
 
 def _figures(run: Path, classes, steps, mem_records, ltr, lte, t_used, measured, theory) -> None:

@@ -36,6 +36,7 @@ from classdiff.images.ddpm import (
     load_latest_checkpoint,
     train_unet,
 )
+from classdiff.theory.audit import predict_for_data
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -301,3 +302,14 @@ def test_corrupt_sweep_cache_entries_are_reported_and_recomputed(tmp_path):
     assert reported == {f.name for f in files}
     assert again["computed"] == 3 and again["table"] == first["table"]
     assert run_sweep(cfg, out, progress=False)["computed"] == 0
+
+
+def test_audit_of_a_hundred_classes_of_three_points_finishes(tmp_path):
+    """100 classes x 3 points (d = 20): the loss model's Theta equation is solved in O(K) per grid point."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(100), 3)
+    x = rng.normal(size=(300, 20)) + rng.normal(size=(100, 20))[y]
+    pred = predict_for_data(x, y)
+    times = np.array([[c.tau_gen, c.tau_mem] for c in pred.timescales.classes], dtype=float)
+    assert times.shape == (100, 2) and np.isfinite(times).all()
+    assert sorted(pred.generalization_order) == list(range(100))

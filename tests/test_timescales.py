@@ -218,3 +218,53 @@ def test_timescales_command_writes_phase_diagrams(tmp_path, predictor):
     assert vi["predictor"] == predictor
     assert np.array(vi["tau_gen"]).shape == (2, 3, 2)  # 2 variance ratios x (2 weight ratios + balance) x 2 classes
     assert (out / "phase.png").is_file() and (out / "phase.pdf").is_file()
+
+
+def _direct_two_resolvent(model: LossModel) -> tuple[np.ndarray, np.ndarray]:
+    """Reference for LossModel's two-resolvent measures: the Theta equation solved as a dense K x K system at every
+    grid pair, each trace integrated separately with the one-polynomial integral (no rank-2 reduction)."""
+    from classdiff.theory.losses import _int2
+
+    ft, pt, k, L = model.ft, model.pt, model.k, model.lam.size
+    ratio, b2, a2 = ft.psi_p / ft.psi_n, model.bbar**2, ft.a[:, 0] ** 2
+    mul = lambda p, q: (p[0] * q[0], p[0] * q[1] + p[1] * q[0], p[1] * q[1])  # noqa: E731
+    X = (0.0, b2, 0.0)
+    C = [(model.cb[c], model.ca[c], 0.0) for c in range(k)]
+    Yt = [(model.cb[c] + ft.s2[c, 0], model.ca[c] + ft.delta_t * a2[c], 0.0) for c in range(k)]
+    Yb = [(ft.s2[c, 0], ft.delta_t * a2[c], 0.0) for c in range(k)]
+    ii, jj = (g.ravel() for g in np.meshgrid(np.arange(L), np.arange(L), indexing="ij"))
+    F = {}
+    for sign, p2 in (("pp", pt), ("pm", pt.conj())):
+        den = (1.0 + pt.delta[ii]) * (1.0 + p2.delta[jj])
+        S = np.stack([ratio * _int2(pt, p2, mul(C[c], X), ii, jj) for c in range(k)], axis=1)
+        R = np.empty((ii.size, k, k), dtype=np.complex128)
+        for a in range(k):
+            for c in range(k):
+                R[:, a, c] = ft.weights[c] * ratio * _int2(pt, p2, mul(C[a], C[c]), ii, jj) / den[:, c]
+        theta = np.linalg.solve(np.eye(k)[None] - R, S[:, :, None])[:, :, 0]
+        coef = ft.weights * theta / den
+        test = np.stack([ft.psi_p * (_int2(pt, p2, mul(X, Yt[y]), ii, jj) + sum(
+            coef[:, c] * _int2(pt, p2, mul(Yt[y], C[c]), ii, jj) for c in range(k))) for y in range(k)], 1)
+        train = np.stack([ft.psi_p * (_int2(pt, p2, mul(X, Yb[y]), ii, jj) + sum(
+            coef[:, c] * _int2(pt, p2, mul(Yb[y], C[c]), ii, jj) for c in range(k))) + ft.psi_n * theta[:, y] / den[:, y]
+            for y in range(k)], 1)
+        F[sign] = (test.reshape(L, L, k), train.reshape(L, L, k))
+    out = []
+    for i in (0, 1):
+        mu = (F["pm"][i] - F["pp"][i]).real / (2 * np.pi**2)
+        mu[np.arange(L), np.arange(L)] = 0.0
+        out.append(mu)
+    return out[0], out[1]
+
+
+def test_rank_two_theta_solve_matches_the_dense_solve():
+    """The Woodbury (rank-2) solve of the Theta equation in LossModel equals a dense K x K solve, K = 3."""
+    cfg = setting_config(2.0, 1.0, 0.1, [0.5, 1.0, 2.0], [0.5, 0.3, 0.2], [0, 0, 0])
+    ft = mean_type_approximation(types_from_config(cfg))
+    spec = FeatureSpectrum(n_lambda=60, n_scan=80, outliers=False).fit(ft)
+    g = spec.grid_
+    model = LossModel(ft, g["lambda"], g["weights"], g["solution"], spec.epsilon)
+    mu_test, mu_train = _direct_two_resolvent(model)
+    scale = np.abs(mu_test).max()
+    np.testing.assert_allclose(model.mu_test, mu_test, rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(model.mu_train, mu_train, rtol=0, atol=1e-10 * np.abs(mu_train).max())

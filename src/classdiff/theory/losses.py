@@ -159,28 +159,32 @@ class LossModel:
         # linear terms: (1/d) tr(V^T Q V_c) = bbar b_c psi_p int k h dmu
         lin = ft.psi_p * self.bbar * np.outer(_int1(pt, (0.0, 1.0, 0.0)), self.bc)
         self.g_lin = lin.imag / np.pi
-        # two-resolvent measures on the product grid, for (z_i, z_j) and (z_i, conj z_j)
+        # two-resolvent measures on the product grid, for (z_i, z_j) and (z_i, conj z_j). Every polynomial below
+        # has degree <= 1 in each factor, so each integral is a combination of the three basis integrals
+        # I_r = int k^r h1 h2 dmu_K, and the class-class matrix of the Theta equation has rank 2:
+        # R_ac = e_a^T G e_c rho_c ratio / den_c with e_c = (cb_c, ca_c), G = [[I0, I1], [I1, I2]].
+        # Woodbury then solves it in O(K) per grid point instead of O(K^3).
         ii, jj = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
         ii, jj = ii.ravel(), jj.ravel()
+        E = np.stack([self.cb, self.ca], axis=1)  # (K, 2): C_c = cb_c + ca_c k
+        Ft = np.array([[self.cb[c] + ft.s2[c, 0], self.ca[c] + ft.delta_t * a2[c]] for c in range(k)])  # Ubar_c
+        Fb = np.array([[ft.s2[c, 0], ft.delta_t * a2[c]] for c in range(k)])  # B_c
         F = {}
         for sign, p2 in (("pp", pt), ("pm", pt.conj())):
-            d1 = 1.0 + pt.delta[ii]  # (P2, K)
-            d2 = 1.0 + p2.delta[jj]
-            den = d1 * d2
-            S = np.stack([ratio * _int2(pt, p2, mul(C[c], X), ii, jj) for c in range(k)], axis=1)
-            R = np.empty((ii.size, k, k), dtype=np.complex128)
-            for a_ in range(k):
-                for c in range(k):
-                    R[:, a_, c] = ft.weights[c] * ratio * _int2(pt, p2, mul(C[a_], C[c]), ii, jj) / den[:, c]
-            theta = np.linalg.solve(np.eye(k)[None] - R, S[:, :, None])[:, :, 0]  # (P2, K)
+            basis = [_int2(pt, p2, poly, ii, jj) for poly in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))]
+            G = np.stack([np.stack(basis[:2], -1), np.stack(basis[1:], -1)], -2)  # (P2, 2, 2)
+            i_lin = np.stack(basis[1:], -1)  # (P2, 2): int (. + . k) k h1 h2, for products with X = b2 k
+            den = (1.0 + pt.delta[ii]) * (1.0 + p2.delta[jj])  # (P2, K)
+            S = ratio * b2 * (i_lin @ E.T)  # (P2, K): ratio int C_c X h1 h2
+            dcoef = ft.weights * ratio / den  # (P2, K)
+            ede = np.einsum("pc,ca,cb->pab", dcoef, E, E)  # E^T D E
+            rhs = np.einsum("pab,pb->pa", G, (dcoef * S) @ E)  # G E^T D S
+            small = np.eye(2)[None] - np.einsum("pab,pbc->pac", G, ede)
+            theta = S + np.linalg.solve(small, rhs[:, :, None])[:, :, 0] @ E.T  # (P2, K)
             coef = ft.weights * theta / den  # rho_c Theta_c / ((1 + d1)(1 + d2))
-            cc = [_int2(pt, p2, mul(Yt_c, C[c]), ii, jj) for Yt_c in Yt for c in range(k)]
-            cb = [_int2(pt, p2, mul(Yb_c, C[c]), ii, jj) for Yb_c in Yb for c in range(k)]
-            test = np.stack([ft.psi_p * (_int2(pt, p2, mul(X, Yt[y]), ii, jj)
-                                         + sum(coef[:, c] * cc[y * k + c] for c in range(k))) for y in range(k)], 1)
-            train = np.stack([ft.psi_p * (_int2(pt, p2, mul(X, Yb[y]), ii, jj)
-                                          + sum(coef[:, c] * cb[y * k + c] for c in range(k)))
-                              + ft.psi_n * theta[:, y] / den[:, y] for y in range(k)], 1)
+            g_coef = np.einsum("pab,pb->pa", G, coef @ E)  # G E^T coef, (P2, 2)
+            test = ft.psi_p * (b2 * (i_lin @ Ft.T) + g_coef @ Ft.T)
+            train = ft.psi_p * (b2 * (i_lin @ Fb.T) + g_coef @ Fb.T) + ft.psi_n * theta / den
             F[sign] = (test.reshape(L, L, k), train.reshape(L, L, k))
         mu_test = (F["pm"][0] - F["pp"][0]).real / (2 * np.pi**2)
         mu_train = (F["pm"][1] - F["pp"][1]).real / (2 * np.pi**2)

@@ -63,7 +63,7 @@ from scipy.special import ndtr
 
 from classdiff.core.readoff import generalization_time, memorization_time
 from classdiff.data.mixture import GaussianMixture, TrainingSet
-from classdiff.data.process import noise_variance, signal_scale
+from classdiff.data.process import diffuse, noise_variance, signal_scale
 from classdiff.rf.features import activation as activation_function
 from classdiff.rf.features import equivalence_constants, gauss_hermite
 
@@ -248,7 +248,6 @@ def noise_averaged_moments(
         raise ValueError(f"noise_samples = {noise_samples!r}: must be >= 1 for method = 'mc'")
     n, d = x0.shape
     p = W.shape[0]
-    e_t, delta = float(signal_scale(time)), float(noise_variance(time))
     U = [np.zeros((p, p)) for _ in range(n_classes)]
     V = [np.zeros((p, d)) for _ in range(n_classes)]
     counts = np.bincount(labels, minlength=n_classes)
@@ -259,7 +258,7 @@ def noise_averaged_moments(
         sl = slice(start, min(n, start + block))
         b = sl.stop - sl.start
         eta = rng.standard_normal((b, noise_samples, d))
-        xt = e_t * x0[sl][:, None, :] + math.sqrt(delta) * eta
+        xt, _ = diffuse(x0[sl][:, None, :], time, eta=eta)  # (b, M, d)
         phi = sig(xt.reshape(-1, d) @ W.T / math.sqrt(d)).reshape(b, noise_samples, p)
         lab = labels[sl]
         for c in np.unique(lab):
@@ -591,7 +590,6 @@ class RandomFeaturesScore:
         """Per-class test moments (fresh clean points, noise-averaged) and score-error moments (fresh points
         of P_t with the exact mixture score), split in ``n_batches`` equal batches, rotated by Q."""
         Q, K, nb = self.eigenvectors_, self.n_classes_, int(self.n_batches)
-        e_t, sq_delta = float(signal_scale(self.time)), math.sqrt(self.delta_)
         self.test_ = [_BatchMoments() for _ in range(K)]
         self.score_ = [_BatchMoments() for _ in range(K)]
         rng = self._rng(3)
@@ -612,7 +610,8 @@ class RandomFeaturesScore:
                 moms = [self._moments(x_test[b * m_test:(b + 1) * m_test], np.zeros(m_test, dtype=np.int64), 1,
                                       stream=100 + nb * c + b)[0] for b in range(nb)]
             # score error: x_t ~ class c of P_t, exact mixture score; features of the nb batches in one product
-            xt = e_t * np.concatenate([dr[1] for dr in draws]) + sq_delta * np.concatenate([dr[2] for dr in draws])
+            xt, _ = diffuse(np.concatenate([dr[1] for dr in draws]), self.time,
+                            eta=np.concatenate([dr[2] for dr in draws]))
             target = mixture.score(xt, self.time)
             pq = self.features(xt) @ Q
             if all(mom.stein is not None for mom in moms):

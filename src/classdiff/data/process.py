@@ -60,11 +60,8 @@ def diffuse(x0: Any, t: ArrayLike, rng: np.random.Generator | None = None, *, et
     if hasattr(x0, "detach"):  # torch: the coefficients as python floats or tensors on x0's device
         if e_t.ndim == 0:
             e_t, sq_delta = float(e_t), float(sq_delta)
-        else:
-            import torch
-
-            e_t = torch.as_tensor(e_t, dtype=x0.dtype, device=x0.device)
-            sq_delta = torch.as_tensor(sq_delta, dtype=x0.dtype, device=x0.device)
+        else:  # Tensor.new_tensor: x0's dtype and device, without importing torch here
+            e_t, sq_delta = x0.new_tensor(e_t), x0.new_tensor(sq_delta)
     return e_t * x0 + sq_delta * eta, eta
 
 

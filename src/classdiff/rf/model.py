@@ -65,7 +65,8 @@ from classdiff.core.readoff import generalization_time, memorization_time
 from classdiff.data.mixture import GaussianMixture, TrainingSet
 from classdiff.data.process import diffuse, noise_variance, signal_scale
 from classdiff.rf.features import activation as activation_function
-from classdiff.rf.features import equivalence_constants, gauss_hermite
+from classdiff.rf.features import gauss_hermite
+from classdiff.rf.gaussian_equivalence import gaussian_equivalent_covariance
 
 __all__ = [
     "ClassMoments",
@@ -762,32 +763,22 @@ class RandomFeaturesScore:
 
     # ------------------------------------------------------------------------------------------ GE
     def gaussian_equivalent_covariance(self, data: TrainingSet, mixture: GaussianMixture, seed: int = 0) -> Array:
-        """Gaussian-equivalent U (p, p) for the same W, points and sizes (Bonnaire et al. Lemmas C.1–C.4,
-        per class with the feature means m_i = e^{-t} W_i.mu_c/sqrt d):
-
-            U_GE = (1/n) sum_nu g_nu g_nu^T + sum_c (n_c/n) [ (b_c b_c^T) o W W^T/d + diag(s2_c) ],
-            g_nu = kappa0_c + a_c o (e^{-t} W (x_nu - mu_c)/sqrt d) + sqrt(v2_c) o omega_nu,   omega ~ N(0, I_p),
-
-        with the constants of :func:`classdiff.rf.features.equivalence_constants` per class (vectors over i).
+        """Gaussian-equivalent U (p, p) for the same W, points and sizes: U_GE of
+        :func:`classdiff.rf.gaussian_equivalence.gaussian_equivalent_covariance` (Bonnaire et al. Lemmas C.1–C.4)
+        with the training points' offsets x_nu - mu_c from their class mean, the constants at the mixture's
+        (mean) class variances, and omega drawn class by class (seeded by ``seed``).
         """
         self._check_fitted()
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6E]))
-        W, d, p = self.W_, self.dim_, int(self.n_features)
-        e_t = float(signal_scale(self.time))
-        G = np.empty((data.n, p))
-        noise = np.zeros((p, p))
-        wwt = W @ W.T / d
+        p = int(self.n_features)
+        omega = np.empty((data.n, p))
         for c in range(mixture.n_classes):
             rows = data.labels == c
-            if not np.any(rows):
-                continue
-            var = float(mixture.mean_variances[c])
-            ge = equivalence_constants(self.activation, self.time, var, e_t * W @ mixture.centroids[c] / math.sqrt(d))
-            z = (data.x[rows] - mixture.centroids[c]) @ W.T / math.sqrt(d)
-            G[rows] = ge.kappa0 + ge.a * e_t * z + np.sqrt(np.maximum(ge.v2, 0.0)) * rng.standard_normal((rows.sum(), p))
-            frac = rows.sum() / data.n
-            noise += frac * (np.outer(ge.b, ge.b) * wwt + np.diag(ge.s2))
-        return G.T @ G / data.n + noise
+            if np.any(rows):
+                omega[rows] = rng.standard_normal((rows.sum(), p))
+        deviations = data.x - mixture.centroids[data.labels]
+        return gaussian_equivalent_covariance(self.W_, self.activation, self.time, mixture.centroids,
+                                              mixture.mean_variances, data.labels, deviations, omega)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "eigenvalues_"):

@@ -61,7 +61,8 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 from scipy.special import ndtr
 
-from classdiff.core.readoff import generalization_time, memorization_time
+from classdiff.core.readoff import ORDER_KEYS, class_order, generalization_time, memorization_time
+from classdiff.core.results import Time, reached
 from classdiff.data.mixture import GaussianMixture, TrainingSet
 from classdiff.data.process import diffuse, noise_variance, signal_scale
 from classdiff.rf.features import activation as activation_function
@@ -789,6 +790,12 @@ class RandomFeaturesScore:
 # config-driven run
 
 
+def _seed_mean(times: Array) -> Time:
+    """Mean over seeds of one class's read-off times (S,), nan (never reached) entries left out; :data:`NOT_REACHED`
+    when no seed reached the event."""
+    return reached(np.nanmean(times) if np.any(np.isfinite(times)) else np.nan)
+
+
 def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dict[str, Any]:
     """Closed-form per-class dynamics for a :class:`classdiff.core.config.Config` (pure function of the config).
 
@@ -796,7 +803,9 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
     fit :class:`RandomFeaturesScore` with n = round(psi_n d), p = round(psi_p d) on
     ``mixture.sample(n, seed)``, evaluate the curves on ``training.n_times`` log-spaced tau in
     [tau_min, tau_max] (plus tau = inf) and read off per-class timescales. Returns the JSON-able dict of the
-    ``dynamics`` command (curves of the first seed; timescales as mean and standard deviation over seeds).
+    ``dynamics`` command (curves of the first seed; timescales as mean and standard deviation over the seeds
+    that reached them, :data:`~classdiff.core.results.NOT_REACHED` when none did; the class orders by
+    :func:`~classdiff.core.readoff.class_order` under the :data:`~classdiff.core.readoff.ORDER_KEYS` names).
     """
     mc, model, tr = config.mixture, config.model, config.training
     mixture = GaussianMixture.from_config(mc)
@@ -837,23 +846,19 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
             "train_loss_inf": float(curves["train_loss"][c, -1]),
             "test_loss_inf": float(curves["test_loss"][c, -1]),
             "score_error_inf": float(curves["score_error"][c, -1]),
-            "tau_gen": float(np.nanmean(gen[:, c])) if np.any(np.isfinite(gen[:, c])) else None,
-            "tau_mem": float(np.nanmean(mem[:, c])) if np.any(np.isfinite(mem[:, c])) else None,
+            "tau_gen": _seed_mean(gen[:, c]),
+            "tau_mem": _seed_mean(mem[:, c]),
             "tau_gen_std": float(np.nanstd(gen[:, c], ddof=1)) if np.sum(np.isfinite(gen[:, c])) > 1 else None,
             "tau_mem_std": float(np.nanstd(mem[:, c], ddof=1)) if np.sum(np.isfinite(mem[:, c])) > 1 else None,
             "tau_gen_seeds": gen[:, c],
             "tau_mem_seeds": mem[:, c],
         })
 
-    def order(key: str) -> list[int]:
-        vals = [cl[key] if cl[key] is not None else np.inf for cl in classes]
-        return [int(i) for i in np.argsort(vals, kind="stable")]
-
     return {
         "tau": taus,
         "classes": classes,
-        "generalization_order": order("tau_gen"),
-        "memorization_order": order("tau_mem"),
+        ORDER_KEYS["tau_gen"]: class_order([cl["tau_gen"] for cl in classes]),
+        ORDER_KEYS["tau_mem"]: class_order([cl["tau_mem"] for cl in classes]),
         "n": n, "p": p, "d": d, "time": model.time, "delta": est.delta_, "seeds": tr.seeds,
         "method": method, "series_error_bound": est.series_error_bound_,
         "definitions": {

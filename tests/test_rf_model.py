@@ -440,6 +440,25 @@ def test_unequal_variances_give_different_ordered_timescales():
     assert len(res["tau"]) == 60 and len(res["classes"][0]["train_loss"]) == 60
 
 
+def test_dynamics_reports_events_outside_the_window_as_not_reached():
+    """A window that ends before memorization: tau_mem,c is NOT_REACHED (JSON "not reached"), the classes still
+    appear in the memorization order (not reached last, by label), and the phase predictor reads nan."""
+    from classdiff.core.readoff import ORDER_KEYS
+    from classdiff.core.results import NOT_REACHED, encode
+    from classdiff.theory.phase import _times
+
+    cfg = _two_class_config(**{"training.seeds": 1})
+    tau = np.geomspace(1e-3, 0.05, 20)
+    res = dynamics_from_config(cfg, tau=tau)
+    assert [c["tau_mem"] for c in res["classes"]] == [NOT_REACHED, NOT_REACHED]
+    assert res[ORDER_KEYS["tau_mem"]] == [0, 1]
+    assert json.loads(json.dumps(encode(res)))["classes"][0]["tau_mem"] == "not reached"
+    gen, mem = _times(cfg, tau, "dynamics")
+    assert np.all(np.isnan(mem))
+    np.testing.assert_array_equal(gen, [c["tau_gen"] if c["tau_gen"] is not NOT_REACHED else np.nan
+                                        for c in res["classes"]])
+
+
 def test_dynamics_command_json_and_figures(tmp_path, capsys):
     from classdiff.commands import cli
     from classdiff.core.config import save_config

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from classdiff.core.readoff import ORDER_KEYS, class_order
-from classdiff.core.results import NOT_REACHED, Time, format_value
+from classdiff.core.results import NOT_REACHED, Time, format_value, reached
 
 if TYPE_CHECKING:
     from classdiff.core.config import Config
@@ -186,10 +186,7 @@ def run(args: argparse.Namespace, out: Path) -> DemoResult:
 # ------------------------------------------------------------------------------------------------ summary
 def measured_time(value: Any) -> Time:
     """A measured time as a :data:`~classdiff.core.results.Time`: None or nan (never reached) -> NOT_REACHED."""
-    if value is None or value is NOT_REACHED:
-        return NOT_REACHED
-    v = float(value)
-    return NOT_REACHED if v != v else v
+    return NOT_REACHED if value is None else reached(value)
 
 
 def _rank(order: list[int] | None, label: int) -> int | None:

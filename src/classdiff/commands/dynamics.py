@@ -56,6 +56,7 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
     import numpy as np
 
     from classdiff.core.io import save_figure
+    from classdiff.core.results import is_reached
 
     cl = result["classes"][c]
     tau = np.asarray(result["tau"])
@@ -72,7 +73,7 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
         ax.plot(it["tau"], it["train_loss"][c], "o", ms=3, color="C0", mfc="none", label=f"{it['optimizer']} train")
         ax.plot(it["tau"], it["test_loss"][c], "s", ms=3, color="C1", mfc="none", label=f"{it['optimizer']} test")
     for key, style, name in (("tau_gen", "--", r"$\tau_{gen}$"), ("tau_mem", ":", r"$\tau_{mem}$")):
-        if cl[key] is not None:
+        if is_reached(cl[key]) and np.isfinite(cl[key]):
             ax.axvline(cl[key], color="k", ls=style, lw=1, label=f"{name} = {cl[key]:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -47,7 +47,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from classdiff.data.mixture import GaussianMixture
-from classdiff.data.process import noise_variance, signal_scale
+from classdiff.data.process import diffuse, noise_variance, signal_scale
 
 __all__ = [
     "BACKENDS",
@@ -581,7 +581,7 @@ def sample_initial(mixture: GaussianMixture, n: int, t: float, seed: int = 0) ->
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1A17]))
     x0 = mixture.sample(n, rng, exact_counts=False).x
     rng.shuffle(x0, axis=0)
-    return signal_scale(t) * x0 + np.sqrt(noise_variance(t)) * rng.standard_normal(x0.shape)
+    return diffuse(x0, t, rng)[0]
 
 
 def _step(score: ScoreFn, x: Any, t0: float, t1: float, method: str, noise: _Noise | None, buf: Any, bk) -> Any:

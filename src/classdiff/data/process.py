@@ -7,10 +7,12 @@ Convention (``docs/theory.md`` §1, Bonnaire et al. 2505.17638 eq. 1):
 A DDPM schedule with cumulative product alpha-bar_k maps to OU time t_k = -(1/2) log alpha-bar_k,
 so that e^{-t_k} = sqrt(alpha-bar_k) and Delta_{t_k} = 1 - alpha-bar_k.
 
-All functions accept scalars or arrays and broadcast (float64).
+All functions accept scalars or arrays and broadcast (float64); :func:`diffuse` also takes torch tensors.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -37,10 +39,30 @@ def noise_variance(t: ArrayLike) -> NDArray[np.float64]:
     return -np.expm1(-2.0 * np.asarray(t, dtype=np.float64))
 
 
-def diffuse(x0: NDArray, t: float, rng: np.random.Generator) -> tuple[NDArray, NDArray]:
-    """Draw x_t given x_0 (shape (n, d)); returns (x_t, eta)."""
-    eta = rng.standard_normal(x0.shape)
-    return signal_scale(t) * x0 + np.sqrt(noise_variance(t)) * eta, eta
+def diffuse(x0: Any, t: ArrayLike, rng: np.random.Generator | None = None, *, eta: Any = None) -> tuple[Any, Any]:
+    """The forward step x_t = e^{-t} x_0 + sqrt(Delta_t) eta; returns (x_t, eta).
+
+    ``x0`` is a numpy array or a torch tensor, e.g. (n, d). ``eta`` is the noise, of the same kind as ``x0`` and
+    broadcasting against it (e.g. (n, M, d) against x0 (n, 1, d)); when it is None, standard normals of the shape
+    of ``x0`` are drawn from ``rng`` (numpy only). ``t`` is a scalar or a numpy array broadcasting against
+    ``x0`` (e.g. (n, 1) for one time per row). The two coefficients are :func:`signal_scale` and the square root
+    of :func:`noise_variance` in float64 (python floats for a scalar ``t`` on torch, tensors of ``x0``'s dtype
+    and device for an array ``t``), and x_t is evaluated as ``e_t * x0 + sqrt_delta * eta`` in that order, so
+    the same inputs give the same bits wherever the step is taken.
+    """
+    if eta is None:
+        if rng is None:
+            raise ValueError("diffuse: give either rng (to draw the noise) or eta")
+        eta = rng.standard_normal(np.shape(x0))
+    elif rng is not None:
+        raise ValueError("diffuse: give rng or eta, not both")
+    e_t, sq_delta = signal_scale(t), np.sqrt(noise_variance(t))
+    if hasattr(x0, "detach"):  # torch: the coefficients as python floats or tensors on x0's device
+        if e_t.ndim == 0:
+            e_t, sq_delta = float(e_t), float(sq_delta)
+        else:  # Tensor.new_tensor: x0's dtype and device, without importing torch here
+            e_t, sq_delta = x0.new_tensor(e_t), x0.new_tensor(sq_delta)
+    return e_t * x0 + sq_delta * eta, eta
 
 
 def ddpm_alpha_bar(

@@ -61,11 +61,13 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 from scipy.special import ndtr
 
-from classdiff.core.readoff import generalization_time, memorization_time
+from classdiff.core.readoff import ORDER_KEYS, class_order, generalization_time, memorization_time
+from classdiff.core.results import Time, reached
 from classdiff.data.mixture import GaussianMixture, TrainingSet
-from classdiff.data.process import noise_variance, signal_scale
+from classdiff.data.process import diffuse, noise_variance, signal_scale
 from classdiff.rf.features import activation as activation_function
-from classdiff.rf.features import equivalence_constants, gauss_hermite
+from classdiff.rf.features import gauss_hermite
+from classdiff.rf.gaussian_equivalence import gaussian_equivalent_covariance
 
 __all__ = [
     "ClassMoments",
@@ -248,7 +250,6 @@ def noise_averaged_moments(
         raise ValueError(f"noise_samples = {noise_samples!r}: must be >= 1 for method = 'mc'")
     n, d = x0.shape
     p = W.shape[0]
-    e_t, delta = float(signal_scale(time)), float(noise_variance(time))
     U = [np.zeros((p, p)) for _ in range(n_classes)]
     V = [np.zeros((p, d)) for _ in range(n_classes)]
     counts = np.bincount(labels, minlength=n_classes)
@@ -259,7 +260,7 @@ def noise_averaged_moments(
         sl = slice(start, min(n, start + block))
         b = sl.stop - sl.start
         eta = rng.standard_normal((b, noise_samples, d))
-        xt = e_t * x0[sl][:, None, :] + math.sqrt(delta) * eta
+        xt, _ = diffuse(x0[sl][:, None, :], time, eta=eta)  # (b, M, d)
         phi = sig(xt.reshape(-1, d) @ W.T / math.sqrt(d)).reshape(b, noise_samples, p)
         lab = labels[sl]
         for c in np.unique(lab):
@@ -591,7 +592,6 @@ class RandomFeaturesScore:
         """Per-class test moments (fresh clean points, noise-averaged) and score-error moments (fresh points
         of P_t with the exact mixture score), split in ``n_batches`` equal batches, rotated by Q."""
         Q, K, nb = self.eigenvectors_, self.n_classes_, int(self.n_batches)
-        e_t, sq_delta = float(signal_scale(self.time)), math.sqrt(self.delta_)
         self.test_ = [_BatchMoments() for _ in range(K)]
         self.score_ = [_BatchMoments() for _ in range(K)]
         rng = self._rng(3)
@@ -612,7 +612,8 @@ class RandomFeaturesScore:
                 moms = [self._moments(x_test[b * m_test:(b + 1) * m_test], np.zeros(m_test, dtype=np.int64), 1,
                                       stream=100 + nb * c + b)[0] for b in range(nb)]
             # score error: x_t ~ class c of P_t, exact mixture score; features of the nb batches in one product
-            xt = e_t * np.concatenate([dr[1] for dr in draws]) + sq_delta * np.concatenate([dr[2] for dr in draws])
+            xt, _ = diffuse(np.concatenate([dr[1] for dr in draws]), self.time,
+                            eta=np.concatenate([dr[2] for dr in draws]))
             target = mixture.score(xt, self.time)
             pq = self.features(xt) @ Q
             if all(mom.stein is not None for mom in moms):
@@ -763,32 +764,22 @@ class RandomFeaturesScore:
 
     # ------------------------------------------------------------------------------------------ GE
     def gaussian_equivalent_covariance(self, data: TrainingSet, mixture: GaussianMixture, seed: int = 0) -> Array:
-        """Gaussian-equivalent U (p, p) for the same W, points and sizes (Bonnaire et al. Lemmas C.1–C.4,
-        per class with the feature means m_i = e^{-t} W_i.mu_c/sqrt d):
-
-            U_GE = (1/n) sum_nu g_nu g_nu^T + sum_c (n_c/n) [ (b_c b_c^T) o W W^T/d + diag(s2_c) ],
-            g_nu = kappa0_c + a_c o (e^{-t} W (x_nu - mu_c)/sqrt d) + sqrt(v2_c) o omega_nu,   omega ~ N(0, I_p),
-
-        with the constants of :func:`classdiff.rf.features.equivalence_constants` per class (vectors over i).
+        """Gaussian-equivalent U (p, p) for the same W, points and sizes: U_GE of
+        :func:`classdiff.rf.gaussian_equivalence.gaussian_equivalent_covariance` (Bonnaire et al. Lemmas C.1–C.4)
+        with the training points' offsets x_nu - mu_c from their class mean, the constants at the mixture's
+        (mean) class variances, and omega drawn class by class (seeded by ``seed``).
         """
         self._check_fitted()
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6E]))
-        W, d, p = self.W_, self.dim_, int(self.n_features)
-        e_t = float(signal_scale(self.time))
-        G = np.empty((data.n, p))
-        noise = np.zeros((p, p))
-        wwt = W @ W.T / d
+        p = int(self.n_features)
+        omega = np.empty((data.n, p))
         for c in range(mixture.n_classes):
             rows = data.labels == c
-            if not np.any(rows):
-                continue
-            var = float(mixture.mean_variances[c])
-            ge = equivalence_constants(self.activation, self.time, var, e_t * W @ mixture.centroids[c] / math.sqrt(d))
-            z = (data.x[rows] - mixture.centroids[c]) @ W.T / math.sqrt(d)
-            G[rows] = ge.kappa0 + ge.a * e_t * z + np.sqrt(np.maximum(ge.v2, 0.0)) * rng.standard_normal((rows.sum(), p))
-            frac = rows.sum() / data.n
-            noise += frac * (np.outer(ge.b, ge.b) * wwt + np.diag(ge.s2))
-        return G.T @ G / data.n + noise
+            if np.any(rows):
+                omega[rows] = rng.standard_normal((rows.sum(), p))
+        deviations = data.x - mixture.centroids[data.labels]
+        return gaussian_equivalent_covariance(self.W_, self.activation, self.time, mixture.centroids,
+                                              mixture.mean_variances, data.labels, deviations, omega)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "eigenvalues_"):
@@ -799,6 +790,12 @@ class RandomFeaturesScore:
 # config-driven run
 
 
+def _seed_mean(times: Array) -> Time:
+    """Mean over seeds of one class's read-off times (S,), nan (never reached) entries left out; :data:`NOT_REACHED`
+    when no seed reached the event."""
+    return reached(np.nanmean(times) if np.any(np.isfinite(times)) else np.nan)
+
+
 def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dict[str, Any]:
     """Closed-form per-class dynamics for a :class:`classdiff.core.config.Config` (pure function of the config).
 
@@ -806,7 +803,9 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
     fit :class:`RandomFeaturesScore` with n = round(psi_n d), p = round(psi_p d) on
     ``mixture.sample(n, seed)``, evaluate the curves on ``training.n_times`` log-spaced tau in
     [tau_min, tau_max] (plus tau = inf) and read off per-class timescales. Returns the JSON-able dict of the
-    ``dynamics`` command (curves of the first seed; timescales as mean and standard deviation over seeds).
+    ``dynamics`` command (curves of the first seed; timescales as mean and standard deviation over the seeds
+    that reached them, :data:`~classdiff.core.results.NOT_REACHED` when none did; the class orders by
+    :func:`~classdiff.core.readoff.class_order` under the :data:`~classdiff.core.readoff.ORDER_KEYS` names).
     """
     mc, model, tr = config.mixture, config.model, config.training
     mixture = GaussianMixture.from_config(mc)
@@ -847,23 +846,19 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
             "train_loss_inf": float(curves["train_loss"][c, -1]),
             "test_loss_inf": float(curves["test_loss"][c, -1]),
             "score_error_inf": float(curves["score_error"][c, -1]),
-            "tau_gen": float(np.nanmean(gen[:, c])) if np.any(np.isfinite(gen[:, c])) else None,
-            "tau_mem": float(np.nanmean(mem[:, c])) if np.any(np.isfinite(mem[:, c])) else None,
+            "tau_gen": _seed_mean(gen[:, c]),
+            "tau_mem": _seed_mean(mem[:, c]),
             "tau_gen_std": float(np.nanstd(gen[:, c], ddof=1)) if np.sum(np.isfinite(gen[:, c])) > 1 else None,
             "tau_mem_std": float(np.nanstd(mem[:, c], ddof=1)) if np.sum(np.isfinite(mem[:, c])) > 1 else None,
             "tau_gen_seeds": gen[:, c],
             "tau_mem_seeds": mem[:, c],
         })
 
-    def order(key: str) -> list[int]:
-        vals = [cl[key] if cl[key] is not None else np.inf for cl in classes]
-        return [int(i) for i in np.argsort(vals, kind="stable")]
-
     return {
         "tau": taus,
         "classes": classes,
-        "generalization_order": order("tau_gen"),
-        "memorization_order": order("tau_mem"),
+        ORDER_KEYS["tau_gen"]: class_order([cl["tau_gen"] for cl in classes]),
+        ORDER_KEYS["tau_mem"]: class_order([cl["tau_mem"] for cl in classes]),
         "n": n, "p": p, "d": d, "time": model.time, "delta": est.delta_, "seeds": tr.seeds,
         "method": method, "series_error_bound": est.series_error_bound_,
         "definitions": {

@@ -1,13 +1,14 @@
 """Sampled feature covariances to check the theory of :mod:`classdiff.theory.spectrum` against.
 
-* :func:`sample_ge_covariance` builds the Gaussian-equivalent U of ``docs/theory.md`` §2 exactly from its
-  definition, with the per-feature constants evaluated at each feature's actual type
-  m_{c,i} = e^{-t} w_i.mu_c/sqrt(d):
+* :func:`sample_ge_covariance` is the Gaussian-equivalent U of ``docs/theory.md`` §2,
+  :func:`classdiff.rf.gaussian_equivalence.gaussian_equivalent_covariance`, with the per-feature constants at
+  each feature's actual type m_{c,i} = e^{-t} w_i.mu_c/sqrt(d) and Gaussian points of the classes,
+  x_nu - mu_c = sigma_c z_nu, z_nu standard Gaussian:
 
       U_GE = (1/n) sum_nu phibar_nu phibar_nu^T + sum_c rho_c (D_{b_c} K D_{b_c} + D_{s2_c}),
       phibar_nu = kappa0_c + e^{-t} sigma_c D_{a_c} W z_nu / sqrt(d) + D_{sqrt v2_c} omega_nu,   nu in class c,
 
-  K = W W^T/d, z_nu, omega_nu standard Gaussian.
+  K = W W^T/d, omega_nu standard Gaussian.
 * :func:`sample_true_covariance` is the noise-averaged U of the tanh (or other) random features on an actual
   training set, computed exactly in the noise by the Mehler series of
   :func:`classdiff.rf.model.noise_averaged_moments` (an independent implementation).
@@ -23,8 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from classdiff.data.process import signal_scale
-from classdiff.rf.features import equivalence_constants
+from classdiff.rf.gaussian_equivalence import gaussian_equivalent_covariance
 
 __all__ = ["sample_ge_covariance", "sample_true_covariance"]
 
@@ -48,28 +48,24 @@ def _setup(config: Any, seed: int, dim: int | None):
 
 
 def sample_ge_covariance(config: Any, seed: int = 0, dim: int | None = None) -> tuple[Array, NDArray[np.int64]]:
-    """Gaussian-equivalent U (p, p) for one draw of W, the class labels and the GE noise (seeded)."""
+    """Gaussian-equivalent U (p, p) for one draw of W, the class labels and the GE noise (seeded): U_GE of
+    :func:`classdiff.rf.gaussian_equivalence.gaussian_equivalent_covariance` with Gaussian offsets
+    delta_nu = sigma_c z_nu; labels (n,) sorted by class, n_c from ``mixture.class_counts(n)``."""
     config, mixture, d, p, n, W, rng = _setup(config, seed, dim)
     model = config.model
-    t = model.time
-    e_t = float(signal_scale(t))
     counts = mixture.class_counts(n)
-    K = W @ W.T / d
-    phibar = np.empty((n, p))
-    noise = np.zeros((p, p))
     labels = np.repeat(np.arange(mixture.n_classes), counts)
+    deviations = np.empty((n, d))
+    omega = np.empty((n, p))
     start = 0
-    for c in range(mixture.n_classes):
-        nc = int(counts[c])
-        var = float(mixture.mean_variances[c])
-        ge = equivalence_constants(model.activation, t, var, e_t * W @ mixture.centroids[c] / math.sqrt(d))
-        z = rng.standard_normal((nc, d))
-        om = rng.standard_normal((nc, p))
-        lin = e_t * math.sqrt(var) * (z @ W.T) / math.sqrt(d)
-        phibar[start : start + nc] = ge.kappa0 + ge.a * lin + np.sqrt(np.maximum(ge.v2, 0.0)) * om
-        noise += (nc / n) * (np.outer(ge.b, ge.b) * K + np.diag(np.maximum(ge.s2, 0.0)))
-        start += nc
-    return phibar.T @ phibar / n + noise, labels
+    for c in range(mixture.n_classes):  # z then omega, class by class
+        rows = slice(start, start + int(counts[c]))
+        deviations[rows] = math.sqrt(float(mixture.mean_variances[c])) * rng.standard_normal((int(counts[c]), d))
+        omega[rows] = rng.standard_normal((int(counts[c]), p))
+        start = rows.stop
+    U = gaussian_equivalent_covariance(W, model.activation, model.time, mixture.centroids, mixture.mean_variances,
+                                       labels, deviations, omega)
+    return U, labels
 
 
 def sample_true_covariance(config: Any, seed: int = 0, dim: int | None = None,

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from classdiff.data.mixture import TrainingSet
-from classdiff.data.process import signal_scale
+from classdiff.data.process import diffuse
 from classdiff.rf.model import RandomFeaturesScore
 
 __all__ = ["TrainingHistory", "gd_learning_rate", "train_random_features"]
@@ -140,7 +140,6 @@ def train_random_features(
     opt = (torch.optim.SGD([A], lr=eta) if optimizer == "gd" else torch.optim.Adam([A], lr=eta))
     W = torch.as_tensor(model.W_, dtype=f64, device=dev)
     X = torch.as_tensor(training_set.x, dtype=f64, device=dev)
-    e_t = float(signal_scale(model.time))
     act = {"tanh": torch.tanh, "relu": torch.relu, "erf": torch.erf, "identity": lambda z: z}[model.activation]
 
     if noise == "moments":
@@ -159,7 +158,7 @@ def train_random_features(
         rng = np.random.default_rng(np.random.SeedSequence([int(model.seed) * 1000 + 2, 0x4E01]))
         eta_np = rng.standard_normal((model.n_, m, d))
         E = torch.as_tensor(eta_np.reshape(-1, d), dtype=f64, device=dev)
-        Xt = e_t * X.repeat_interleave(m, dim=0) + sq_delta * E
+        Xt, _ = diffuse(X.repeat_interleave(m, dim=0), model.time, eta=E)
         Phi = act(Xt @ W.T / math.sqrt(d))
         rows = Phi.shape[0]
 
@@ -171,7 +170,7 @@ def train_random_features(
 
         def loss_fn(_k: int):
             e = torch.randn(X.shape, generator=gen, dtype=f64, device=dev)
-            phi = act((e_t * X + sq_delta * e) @ W.T / math.sqrt(d))
+            phi = act(diffuse(X, model.time, eta=e)[0] @ W.T / math.sqrt(d))
             return ((sq_delta / sq_p) * phi @ A.T + e).pow(2).sum() / (X.shape[0] * d)
 
     logs: list[dict[str, Array]] = []

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from classdiff.core.results import time_or_nan
 from classdiff.theory.timescales import class_timescales
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ def _times(config: Config, tau: Array, predictor: str = "theory") -> tuple[Array
         from classdiff.rf.model import dynamics_from_config
 
         classes = dynamics_from_config(config, tau=tau)["classes"]
-        gen = np.array([np.nan if c["tau_gen"] is None else c["tau_gen"] for c in classes])
-        mem = np.array([np.nan if c["tau_mem"] is None else c["tau_mem"] for c in classes])
+        gen = np.array([time_or_nan(c["tau_gen"]) for c in classes])
+        mem = np.array([time_or_nan(c["tau_mem"]) for c in classes])
         return gen, mem
     raise ValueError(f"predictor = {predictor!r}: allowed values are {', '.join(PREDICTORS)}")
 

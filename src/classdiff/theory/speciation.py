@@ -43,7 +43,7 @@ from scipy.special import expit
 from classdiff.core.readoff import ORDER_KEYS, class_order
 from classdiff.core.results import Time, reached
 from classdiff.data.mixture import GaussianMixture
-from classdiff.data.process import noise_variance, signal_scale
+from classdiff.data.process import diffuse, noise_variance, signal_scale
 
 if TYPE_CHECKING:
     from classdiff.core.config import Config
@@ -464,9 +464,7 @@ def simulate_collapse(
     grid = time_grid(t_max, t_min, n_steps)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC011]))
     start = x_train[rng.integers(0, x_train.shape[0], n_trajectories)]  # exact draws of P_{t_max}^emp
-    x0 = float(signal_scale(t_max)) * start + np.sqrt(float(noise_variance(t_max))) * rng.standard_normal(
-        start.shape
-    )
+    x0, _ = diffuse(start, t_max, rng)
 
     def score(x: Any, t: float) -> Any:
         return empirical_score(np.asarray(x), x_train, t)

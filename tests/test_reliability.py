@@ -313,3 +313,30 @@ def test_audit_of_a_hundred_classes_of_three_points_finishes(tmp_path):
     times = np.array([[c.tau_gen, c.tau_mem] for c in pred.timescales.classes], dtype=float)
     assert times.shape == (100, 2) and np.isfinite(times).all()
     assert sorted(pred.generalization_order) == list(range(100))
+
+
+def test_huge_dimension_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    """dim = 1e7: the dynamics' estimate (p x p matrices) is refused before anything is allocated, in one line."""
+    cfg = tmp_path / "huge.toml"
+    cfg.write_text("[mixture]\ndim = 10000000\n")
+    start = time.perf_counter()
+    rc = cli.main(["dynamics", str(cfg), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and time.perf_counter() - start < 30
+    assert err.startswith("classdiff dynamics: error: dynamics with n = 10000000 points, p = 20000000 features")
+    assert "PiB of memory" in err and "lower mixture.dim" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_limit_is_read_from_the_environment(monkeypatch):
+    from classdiff.core.memory import MemoryEstimateError, check_memory, format_bytes, parse_bytes
+
+    assert parse_bytes("512M") == 512 * 2**20 and parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("100") == 100
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    monkeypatch.setenv("CLASSDIFF_MEMORY_LIMIT", "1M")
+    check_memory(0.5 * 2**20, "small", "nothing to do")
+    with pytest.raises(MemoryEstimateError, match=r"big: needs about 2.0 MiB of memory, 1.0 MiB available; shrink"):
+        check_memory(2 * 2**20, "big", "shrink")
+    monkeypatch.setenv("CLASSDIFF_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="CLASSDIFF_MEMORY_LIMIT = 'lots'"):
+        check_memory(1, "x", "y")

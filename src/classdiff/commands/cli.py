@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         if created:
             _remove_if_empty(out)
         return fail(_one_line(exc))
+    except MemoryError as exc:  # an allocation no up-front estimate caught
+        if args.debug:
+            raise
+        if created:
+            _remove_if_empty(out)
+        return fail(f"out of memory ({_one_line(exc) or 'MemoryError'}); lower the sizes in the config "
+                    "(mixture.dim, model.psi_p, model.psi_n, theory.n_trajectories)")
     if result is not None:
         if args.json:
             from classdiff.core.results import encode

@@ -32,7 +32,7 @@ def format_bytes(n: float) -> str:
 
 def parse_bytes(text: str) -> int:
     """``"512M"`` -> 536870912; plain integers are bytes. Raises ``ValueError`` naming the value."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text.upper())
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
     if m is None:
         raise ValueError(f"CLASSDIFF_MEMORY_LIMIT = {text!r}: must be a number of bytes, optionally with a K, M, G "
                          "or T suffix (e.g. 8G)")

@@ -61,6 +61,7 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 from scipy.special import ndtr
 
+from classdiff.core.memory import check_memory
 from classdiff.core.readoff import ORDER_KEYS, class_order, generalization_time, memorization_time
 from classdiff.core.results import Time, reached
 from classdiff.data.mixture import GaussianMixture, TrainingSet
@@ -546,6 +547,7 @@ class RandomFeaturesScore:
         if mixture is not None and mixture.dim != self.dim_:
             raise ValueError(f"mixture: dimension {mixture.dim} differs from the training set's {self.dim_}")
         p, d = int(self.n_features), self.dim_
+        _check_dynamics_memory(self.n_, p, d, self.n_classes_, int(self.n_batches) if mixture is not None else 0)
         self.W_ = self._rng(0).standard_normal((p, d))
         self._geometry = _feature_geometry(self.W_) if self.method == "series" else None
         self.delta_ = float(noise_variance(self.time))
@@ -796,6 +798,20 @@ def _seed_mean(times: Array) -> Time:
     return reached(np.nanmean(times) if np.any(np.isfinite(times)) else np.nan)
 
 
+def dynamics_memory_estimate(n: int, p: int, d: int, n_classes: int, n_batches: int = 1) -> float:
+    """Bytes the closed-form dynamics hold at their peak (float64): the training set and the fresh points (n x d),
+    W and the feature matrix (p x d, n x p), and the p x p matrices (U, its eigenvectors, N, the rotated class
+    moments of the training set and of every test and score-error batch)."""
+    square = (4 + n_classes * (2 + 2 * n_batches)) * float(p) ** 2
+    return 8.0 * (square + 3.0 * p * d + float(n) * (d + p) + 2.0 * n_classes * p * d)
+
+
+def _check_dynamics_memory(n: int, p: int, d: int, n_classes: int, n_batches: int) -> None:
+    check_memory(dynamics_memory_estimate(n, p, d, n_classes, n_batches),
+                 f"dynamics with n = {n} points, p = {p} features, d = {d}, K = {n_classes} classes",
+                 "lower mixture.dim, model.psi_p or model.psi_n (or training.n_batches)")
+
+
 def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dict[str, Any]:
     """Closed-form per-class dynamics for a :class:`classdiff.core.config.Config` (pure function of the config).
 
@@ -808,9 +824,10 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
     :func:`~classdiff.core.readoff.class_order` under the :data:`~classdiff.core.readoff.ORDER_KEYS` names).
     """
     mc, model, tr = config.mixture, config.model, config.training
-    mixture = GaussianMixture.from_config(mc)
     d = mc.dim
     n, p = round(model.psi_n * d), round(model.psi_p * d)
+    _check_dynamics_memory(n, p, d, len(mc.weights), tr.n_batches)
+    mixture = GaussianMixture.from_config(mc)
     taus = np.geomspace(tr.tau_min, tr.tau_max, tr.n_times) if tau is None else np.asarray(tau, dtype=np.float64)
     method = "series" if model.noise_samples == 0 else "mc"
     runs = []

@@ -37,7 +37,9 @@ def test_mixture_score_matches_reference(gm, t):
     ref = gm.score(x, t)
     fast = MixtureScore(gm)
     np.testing.assert_allclose(fast(x, t), ref, rtol=0, atol=1e-10)
-    got = fast(torch.from_numpy(x), t).numpy()
+    from classdiff.images.backward_torch import TorchBackend
+
+    got = MixtureScore(gm, backend=TorchBackend(0, "cpu", "float64"))(torch.from_numpy(x), t).numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
     shift, coef = fast.split(x, t, factor=0.3)
     np.testing.assert_allclose(shift / 0.3 - coef[:, None] * x, ref, rtol=0, atol=1e-10)
@@ -261,16 +263,16 @@ def test_results_do_not_depend_on_threads_and_follow_the_block_layout(backend, d
 def test_box_muller_float32_noise_is_standard_normal():
     from scipy import stats
 
-    from classdiff.data.backward import _BoxMuller32
+    from classdiff.data.backward import BoxMuller32
 
-    gen = _BoxMuller32(np.random.SeedSequence(0))
+    gen = BoxMuller32(np.random.SeedSequence(0))
     z = np.empty(400_001, dtype=np.float32)
     gen.fill(z, 1.0)
     assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.01
     assert abs(stats.kurtosis(z)) < 0.05 and np.abs(z).max() <= 5.8
     assert stats.kstest(z.astype(np.float64), "norm").pvalue > 1e-3
     again = np.empty_like(z)
-    _BoxMuller32(np.random.SeedSequence(0)).fill(again, 2.0)
+    BoxMuller32(np.random.SeedSequence(0)).fill(again, 2.0)
     np.testing.assert_allclose(again, 2.0 * z, rtol=1e-6, atol=0)
 
 
@@ -297,3 +299,23 @@ def test_whole_array_fused_path_matches_block_path(monkeypatch, one_torch_thread
     res = cloning_experiment(gm, mixture_labeller(gm), x0, grid, [2.0], seed=1, backend="torch", dtype="float32",
                              device="cpu")
     assert res.clones["class"].shape == (1, 600)
+
+
+def test_torch_back_end_is_found_by_name_and_numpy_arrays_need_no_back_end():
+    """backend="torch" resolves to classdiff.images.backward_torch (entry point / registry); a MixtureScore
+    given a tensor without its back end says what to pass; unknown names list the allowed ones."""
+    import torch
+
+    from classdiff.data.backward import _backend
+    from classdiff.images.backward_torch import TorchBackend
+
+    assert isinstance(_backend("torch", 0, "cpu", "float32"), TorchBackend)
+    with pytest.raises(ValueError, match="backend = 'jax': must be one of numpy, torch"):
+        _backend("jax", 0, "cpu", "float64")
+    gm = GaussianMixture(weights=[0.5, 0.5], centroids=np.eye(2, 4), variances=[1.0, 2.0])
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    with pytest.raises(TypeError, match=r"MixtureScore\(mixture, backend=...\)"):
+        MixtureScore(gm)(torch.as_tensor(x), 0.5)
+    bk = TorchBackend(0, "cpu", "float64")
+    np.testing.assert_allclose(MixtureScore(gm, backend=bk)(torch.as_tensor(x), 0.5).numpy(), gm.score(x, 0.5),
+                               rtol=1e-12, atol=1e-12)

@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import classdiff
 
 LAYERS = ("core", "data", "rf", "theory", "images", "commands")
@@ -122,8 +120,6 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="data/backward.py still holds its torch back end (lazily imported); "
-                   "issue 15: it moves to images/ behind an array-back-end protocol")
 def test_theory_data_and_core_import_no_torch():
     code = ("import importlib, pkgutil, sys\n"
             "import classdiff\n"

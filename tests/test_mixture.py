@@ -230,3 +230,14 @@ def test_labelled_data_rejects_bad_input(x, y, match):
 
     with pytest.raises(ValueError, match=match):
         check_labelled(x, y, source="mydata.npz")
+
+
+def test_logit_terms_recombine_to_the_class_log_densities():
+    """a x.mu_c/G_c^2 + base_c - |x|^2/(2 G_c^2) - (d/2) log 2 pi = log rho_c N(x; a mu_c, G_c^2 I), float64."""
+    rng = np.random.default_rng(5)
+    gm = GaussianMixture([0.2, 0.5, 0.3], rng.normal(size=(3, 7)), [0.5, 1.0, 2.0])
+    x = rng.normal(size=(11, 7)) * 2
+    for t in (0.01, 0.4, 3.0):
+        a, var, base = gm.logit_terms(t)
+        got = a * (x @ gm.centroids.T) / var + base - 0.5 * (x * x).sum(1)[:, None] / var - 3.5 * np.log(2 * np.pi)
+        np.testing.assert_allclose(got, gm.log_class_densities(x, t), rtol=1e-12, atol=1e-10)

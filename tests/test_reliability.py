@@ -326,6 +326,10 @@ def test_huge_dimension_is_refused_up_front(tmp_path, capsys, monkeypatch):
     assert err.startswith("classdiff dynamics: error: dynamics with n = 10000000 points, p = 20000000 features")
     assert "PiB of memory" in err and "lower mixture.dim" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    rc = cli.main(["speciation", str(cfg), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("classdiff speciation: error: speciation with 2000 trajectories in d = 10000000")
+    assert "TiB of memory" in err and "theory.n_trajectories" in err
 
 
 def test_memory_limit_is_read_from_the_environment(monkeypatch):

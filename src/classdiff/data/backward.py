@@ -17,13 +17,16 @@ symmetrised estimator 2 n_cc / (n_c^orig + n_c^clone), with percentile-bootstrap
 trajectories. With the ODE every clone repeats its original exactly, so cloning uses the SDE; the ODE is
 provided for sampling and for the moment tests.
 
-Array back ends: ``"numpy"`` (float64) or ``"torch"`` (CPU or CUDA, float64 or float32), chosen per call.
+Array back ends: ``"numpy"`` (float64) or ``"torch"`` (CPU or CUDA, float64 or float32), chosen per call by
+name; this module is numpy-only and reaches other back ends through :func:`register_backend` and the
+``classdiff.backward_backends`` entry points (torch: :mod:`classdiff.images.backward_torch`, protocol
+:class:`ArrayBackend`).
 Seed layout: random streams are derived from one integer seed with ``numpy.random.SeedSequence`` (the
 original trajectories use stream 0, the clones of branching time j use stream j + 1), and within a stream
 trajectories are cut into fixed blocks of ``NOISE_BLOCK`` = 256 rows (the last one shorter): block b draws
 its normals, one (rows, d) array per step, from its own generator seeded by SeedSequence([seed, stream, b])
 (on the CPU: numpy's SFC64 with its ziggurat normals in float64, its bits through a vectorized Box–Muller
-transform in float32, :class:`_BoxMuller32`; on a GPU: torch's generator of the device). So a seed fixes every
+transform in float32, :class:`BoxMuller32`; on a GPU: torch's generator of the device). So a seed fixes every
 number, the result for one branching time does not depend on which other branching times are simulated,
 and results do not depend on the number of threads or on how blocks are scheduled (float32 and float64,
 CPU and GPU use different generators, hence different numbers).
@@ -41,17 +44,18 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from classdiff.data.mixture import GaussianMixture
-from classdiff.data.process import diffuse, noise_variance, signal_scale
+from classdiff.data.process import diffuse
 
 __all__ = [
     "BACKENDS",
     "METHODS",
+    "ArrayBackend",
     "CloningResult",
     "MixtureScore",
     "agreement_by_class",
@@ -60,6 +64,7 @@ __all__ = [
     "integrate",
     "mixture_labeller",
     "nearest_point_labeller",
+    "register_backend",
     "sample_initial",
     "snap_to_grid",
     "time_grid",
@@ -107,11 +112,11 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _block_seed(seed: int, stream: int, block: int) -> np.random.SeedSequence:
+def block_seed(seed: int, stream: int, block: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, stream, block])
 
 
-class _BoxMuller32:
+class BoxMuller32:
     """float32 standard normals on the CPU: Box–Muller on the bits of a numpy SFC64 stream, vectorized.
 
     About 1.5x faster than torch's CPU ``normal_`` (whose Mersenne-Twister uniforms dominate) and 3x faster
@@ -161,7 +166,7 @@ class _Numpy:
 
     def block_generator(self, stream: int, block: int) -> np.random.Generator:
         # SFC64: the fastest of numpy's bit generators here (~25% faster normals than the default PCG64)
-        return np.random.Generator(np.random.SFC64(_block_seed(self.seed, stream, block)))
+        return np.random.Generator(np.random.SFC64(block_seed(self.seed, stream, block)))
 
     @staticmethod
     def normal(gen: np.random.Generator, out: NDArray, std: float = 1.0) -> NDArray:
@@ -190,76 +195,121 @@ class _Numpy:
         x += a * y
         return x
 
-
-class _Torch:
-    """torch back end on ``device`` with ``dtype`` (float64 or float32); torch is imported lazily."""
-
-    name = "torch"
-
-    def __init__(self, seed: int, device: str = "auto", dtype: str = "float64") -> None:
-        import torch
-
-        self.torch = torch
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype = {dtype!r}: must be 'float64' or 'float32'")
-        self.dtype = torch.float64 if dtype == "float64" else torch.float32
-        self.seed = seed
-        self.blocked = self.device.type == "cpu"  # on a GPU the fast path updates the whole array per step
-
-    def block_generator(self, stream: int, block: int):
-        seq = _block_seed(self.seed, stream, block)
-        if self.device.type == "cpu":  # both faster than torch's CPU normal_
-            if self.dtype == self.torch.float64:  # the numpy back end's numbers
-                return np.random.Generator(np.random.SFC64(seq))
-            return _BoxMuller32(seq)
-        g = self.torch.Generator(device=self.device)
-        g.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
-        return g
-
-    def normal(self, gen, out, std: float = 1.0):
-        if isinstance(gen, _BoxMuller32):
-            gen.fill(out.numpy().reshape(-1), std)
-            return out
-        if isinstance(gen, np.random.Generator):
-            gen.standard_normal(out=out.numpy())
-            if std != 1.0:
-                out.mul_(std)
-            return out
-        return out.normal_(0.0, std, generator=gen)
-
-    def asarray(self, x: Any):
-        if isinstance(x, self.torch.Tensor):
-            return x.to(device=self.device, dtype=self.dtype)
-        return self.torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
-
-    def to_numpy(self, x: Any) -> NDArray:
-        if isinstance(x, self.torch.Tensor):
-            return x.detach().cpu().numpy()
-        return np.asarray(x)
-
-    def empty_like(self, x):
-        return self.torch.empty_like(x)
-
-    def copy(self, x):
-        return x.clone(memory_format=self.torch.contiguous_format)
+    @staticmethod
+    def like(values: NDArray, x: Any) -> NDArray:
+        return values
 
     @staticmethod
-    def add_scaled(x, a: float, y):
-        """x += a y in place (fused)."""
-        return x.add_(y, alpha=a)
+    def get_threads() -> int | None:
+        return None  # numpy's BLAS threads are handled by _run_blocks for every back end
+
+    @staticmethod
+    def set_threads(n: int) -> None:
+        return None
+
+    @staticmethod
+    def mixture_split(x: NDArray, mu: NDArray, scale: NDArray, base: NDArray, inv: NDArray, var_differs: bool,
+                      factor: float, out: NDArray | None) -> tuple[NDArray, NDArray]:
+        """(factor * shift, coef) of :meth:`MixtureScore.split` for an array x (n, d), in place where it can."""
+        logits = x @ mu.T  # (n, K)
+        logits *= scale[None, :]
+        logits += base[None, :]
+        if var_differs:
+            logits -= 0.5 * np.einsum("ij,ij->i", x, x)[:, None] * inv[None, :]
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        post = logits
+        coef = post @ inv
+        post *= (factor * scale)[None, :]
+        shift = np.matmul(post, mu, out=out)
+        return shift, coef
+
+    @staticmethod
+    def prepare_fused(fused: _FusedMixtureEM, basis: NDArray) -> None:
+        from scipy.linalg import blas
+
+        fused.q = np.ascontiguousarray(basis)
+        fused.qt = np.ascontiguousarray(fused.q.T)
+        fused.blas = blas
+
+    @staticmethod
+    def fused_step(fused: _FusedMixtureEM, x: NDArray, k: int, noise: _Noise, buf: NDArray) -> NDArray:
+        """Step k of :class:`_FusedMixtureEM` in place on x: x *= coef, rank-r BLAS update x += w Q, x += noise."""
+        z = x @ fused.qt
+        sq = np.einsum("ij,ij->i", x, x) if fused.nhinv is not None else None
+        coef, w = fused.posterior(z, sq, k)
+        x *= coef[:, None]
+        xt = x.T  # Fortran-ordered (d, n) view of the C-contiguous x: BLAS updates it in place
+        for i in range(fused.r if fused.r <= 3 else 0):
+            out = fused.blas.dger(1.0, fused.q[i], w[:, i], a=xt, overwrite_a=1)  # x += w_i q_i^T
+            if out.ctypes.data != xt.ctypes.data:  # pragma: no cover - only if x were not C-contiguous
+                xt[...] = out
+        if fused.r > 3:
+            out = fused.blas.dgemm(1.0, fused.qt, w.T, beta=1.0, c=xt, overwrite_c=1)  # x += w Q
+            if out.ctypes.data != xt.ctypes.data:  # pragma: no cover
+                xt[...] = out
+        noise.fill(buf, float(fused.amp[k]))
+        x += buf
+        return x
 
 
-def _backend(backend: str, seed: int, device: str, dtype: str) -> _Numpy | _Torch:
+class ArrayBackend(Protocol):
+    """What an array back end gives the integrators (numpy here; torch in :mod:`classdiff.images.backward_torch`).
+
+    ``name``, ``seed``, ``blocked`` (the exact-mixture fast path runs block by block) and ``dtype``; random
+    streams (``block_generator(stream, block)``, ``normal(gen, out, std)``); array conversions (``asarray``,
+    ``to_numpy``, ``like(values, x)``, ``empty_like``, ``copy``, ``add_scaled``); the library thread count
+    (``get_threads``, ``set_threads``, run single-threaded inside block workers); and the two kernels of the
+    exact isotropic mixture, ``mixture_split`` (:meth:`MixtureScore.split`) and ``prepare_fused`` /
+    ``fused_step`` (:class:`_FusedMixtureEM`).
+    """
+
+    name: str
+    seed: int
+    blocked: bool
+
+    def block_generator(self, stream: int, block: int) -> Any: ...
+    def normal(self, gen: Any, out: Any, std: float = 1.0) -> Any: ...
+    def asarray(self, x: Any) -> Any: ...
+    def to_numpy(self, x: Any) -> NDArray: ...
+    def like(self, values: NDArray, x: Any) -> Any: ...
+    def empty_like(self, x: Any) -> Any: ...
+    def copy(self, x: Any) -> Any: ...
+    def add_scaled(self, x: Any, a: float, y: Any) -> Any: ...
+    def get_threads(self) -> int | None: ...
+    def set_threads(self, n: int) -> None: ...
+    def mixture_split(self, x: Any, mu: Any, scale: NDArray, base: NDArray, inv: NDArray, var_differs: bool,
+                      factor: float, out: Any) -> tuple[Any, Any]: ...
+    def prepare_fused(self, fused: _FusedMixtureEM, basis: NDArray) -> None: ...
+    def fused_step(self, fused: _FusedMixtureEM, x: Any, k: int, noise: _Noise, buf: Any) -> Any: ...
+
+
+BackendFactory = Callable[[int, str, str], ArrayBackend]
+_REGISTRY: dict[str, BackendFactory] = {}
+ENTRY_POINT_GROUP = "classdiff.backward_backends"
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make ``backend=name`` build ``factory(seed, device, dtype)``. Back ends in other layers (torch) register
+    themselves on import; others are found through the ``classdiff.backward_backends`` entry-point group."""
+    _REGISTRY[name] = factory
+
+
+def _backend(backend: str, seed: int, device: str, dtype: str) -> ArrayBackend:
     if backend == "numpy":
         if dtype != "float64":
             raise ValueError(f"dtype = {dtype!r}: the numpy back end runs in float64 only")
         return _Numpy(seed)
-    if backend == "torch":
-        return _Torch(seed, device, dtype)
-    raise ValueError(f"backend = {backend!r}: must be one of {', '.join(BACKENDS)}")
+    if backend not in _REGISTRY:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=backend):
+            ep.load()  # the module registers its back end on import
+            break
+    if backend not in _REGISTRY:
+        raise ValueError(f"backend = {backend!r}: must be one of {', '.join(BACKENDS)}")
+    return _REGISTRY[backend](seed, device, dtype)
 
 
 class _Noise:
@@ -267,7 +317,7 @@ class _Noise:
     from their own generator seeded by (seed, stream, b), which is drawn once per step. A block's numbers thus
     depend on (seed, stream, b, its number of rows, d) only: not on threads, on chunking or on other blocks."""
 
-    def __init__(self, bk: _Numpy | _Torch, stream: int, n: int, first_block: int = 0) -> None:
+    def __init__(self, bk: ArrayBackend, stream: int, n: int, first_block: int = 0) -> None:
         """Generators of the blocks covering n rows that start at block ``first_block``."""
         self.bk = bk
         self.gens = [bk.block_generator(stream, first_block + b) for b in range(_n_blocks(n))]
@@ -309,19 +359,15 @@ def _openblas_thread_setters() -> list[tuple[Any, Any]]:
     return _BLAS_SETTERS
 
 
-def _run_blocks(n_blocks: int, threads: int | None, work: Callable[[int], None], uses_torch: bool) -> None:
+def _run_blocks(n_blocks: int, threads: int | None, work: Callable[[int], None], bk: ArrayBackend) -> None:
     """Call ``work(b)`` for every block b on ``threads`` worker threads (numpy and torch release the GIL).
 
     The parallelism is over blocks: torch (in each worker) and OpenBLAS run single-threaded meanwhile (their
-    thread pools only add overhead on these small products), and the caller's settings are restored
+    thread pools only add overhead on these small products; ``bk.set_threads``), and the caller's settings are restored
     afterwards. Results do not depend on the number of threads (each block is self-contained).
     """
     n_workers = max(1, min(int(threads or _default_threads()), n_blocks))
-    torch = None
-    if uses_torch:
-        import torch
-
-        old = torch.get_num_threads()
+    old = bk.get_threads()
     import scipy.linalg.blas  # noqa: F401  (loaded before the one-time search, so that its OpenBLAS is found)
 
     blas = _openblas_thread_setters()
@@ -330,21 +376,21 @@ def _run_blocks(n_blocks: int, threads: int | None, work: Callable[[int], None],
         set_(1)
     try:
         if n_workers == 1:
-            if torch is not None:
-                torch.set_num_threads(1)
+            if old is not None:
+                bk.set_threads(1)
             for b in range(n_blocks):
                 work(b)
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        init = (lambda: torch.set_num_threads(1)) if torch is not None else None
+        init = (lambda: bk.set_threads(1)) if old is not None else None
         with ThreadPoolExecutor(max_workers=n_workers, initializer=init) as pool:
             list(pool.map(work, range(n_blocks)))
     finally:
         for (_, set_), count in zip(blas, blas_old, strict=True):
             set_(count)
-        if torch is not None:
-            torch.set_num_threads(old)
+        if old is not None:
+            bk.set_threads(old)
 
 
 # ---------------------------------------------------------------------------------------------- exact score
@@ -363,18 +409,25 @@ class MixtureScore:
     Diagonal-covariance mixtures fall back to :meth:`GaussianMixture.score` (numpy).
     """
 
-    def __init__(self, mixture: GaussianMixture) -> None:
+    def __init__(self, mixture: GaussianMixture, backend: ArrayBackend | None = None) -> None:
         self.mixture = mixture
+        self.backend = backend
         self._cache: dict[tuple[str, str], Any] = {}
 
-    def _centroids(self, x: Any) -> Any:
+    def _array_backend(self, x: Any) -> ArrayBackend | type[_Numpy]:
+        if isinstance(x, np.ndarray):
+            return _Numpy
+        if self.backend is None:
+            raise TypeError(f"MixtureScore: x is a {type(x).__name__}; pass the array back end that makes it "
+                            "(MixtureScore(mixture, backend=...)) for arrays other than numpy's")
+        return self.backend
+
+    def _centroids(self, x: Any, bk: ArrayBackend | type[_Numpy]) -> Any:
         if isinstance(x, np.ndarray):
             return self.mixture.centroids
         key = (str(x.device), str(x.dtype))
         if key not in self._cache:
-            import torch
-
-            self._cache[key] = torch.as_tensor(self.mixture.centroids, dtype=x.dtype, device=x.device)
+            self._cache[key] = bk.like(self.mixture.centroids, x)
         return self._cache[key]
 
     def split(self, x: Any, t: float, factor: float = 1.0, out: Any = None) -> tuple[Any, Any]:
@@ -383,50 +436,21 @@ class MixtureScore:
         ``factor`` scales the shift inside the small (n, K) @ (K, d) product, which saves a pass over (n, d);
         ``out`` (n, d), if given, receives the shift (no allocation).
         """
-        gm = self.mixture
-        if not gm.isotropic:
+        if not self.mixture.isotropic:
             raise ValueError("MixtureScore.split: needs an isotropic mixture (variances of shape (K,))")
-        a = float(signal_scale(t))
-        var = a * a * gm.variances + float(noise_variance(t))  # Gamma_{c,t}^2, (K,)
+        a, var, base = self.mixture.logit_terms(t)  # Gamma_{c,t}^2 = var, (K,)
         inv = 1.0 / var
-        mu = self._centroids(x)
-        with np.errstate(divide="ignore"):
-            base = np.log(gm.weights) - 0.5 * a * a * (gm.centroids**2).sum(1) * inv - 0.5 * gm.dim * np.log(var)
-        is_np = isinstance(x, np.ndarray)
-        logits = x @ mu.T  # (n, K)
-        scale = a * inv
-        if is_np:
-            logits *= scale[None, :]
-            logits += base[None, :]
-            if np.ptp(var) > 0:
-                logits -= 0.5 * np.einsum("ij,ij->i", x, x)[:, None] * inv[None, :]
-            logits -= logits.max(axis=1, keepdims=True)
-            np.exp(logits, out=logits)
-            logits /= logits.sum(axis=1, keepdims=True)
-            post = logits
-            coef = post @ inv
-            post *= (factor * scale)[None, :]
-            shift = np.matmul(post, mu, out=out)
-            return shift, coef
-        import torch
-
-        sc = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-        logits.mul_(sc).add_(torch.as_tensor(base, dtype=x.dtype, device=x.device))
-        if np.ptp(var) > 0:
-            logits.sub_(0.5 * (x * x).sum(1, keepdim=True) * torch.as_tensor(inv, dtype=x.dtype, device=x.device))
-        post = torch.softmax(logits, dim=1)
-        coef = post @ torch.as_tensor(inv, dtype=x.dtype, device=x.device)
-        shift = torch.matmul(post * (sc * factor), mu, out=out)
-        return shift, coef
+        bk = self._array_backend(x)
+        mu = self._centroids(x, bk)
+        return bk.mixture_split(x, mu, a * inv, base, inv, bool(np.ptp(var) > 0), factor, out)
 
     def __call__(self, x: Any, t: float) -> Any:
         """Exact score s(x, t), shape (n, d), same array type as ``x``."""
         if not self.mixture.isotropic:
             if isinstance(x, np.ndarray):
                 return self.mixture.score(x, t)
-            import torch
-
-            return torch.as_tensor(self.mixture.score(x.detach().cpu().numpy(), t), dtype=x.dtype, device=x.device)
+            bk = self._array_backend(x)
+            return bk.like(self.mixture.score(bk.to_numpy(x), t), x)
         shift, coef = self.split(x, t)
         shift -= coef[:, None] * x
         return shift
@@ -444,22 +468,21 @@ class _FusedMixtureEM:
     in float64 numpy whatever the back end (it is tiny); the (n, d) passes run in the back end's dtype:
     one (r x d) @ (d x n) product, the noise draw straight into a buffer scaled by sqrt(2h), one fused
     x <- noise + coef * x (torch; two passes in numpy) and r in-place rank-one updates (BLAS ger in numpy),
-    with no allocation of (n, d) arrays.
+    with no allocation of (n, d) arrays. The (n, d) passes are the back end's ``fused_step``.
     """
 
-    def __init__(self, mixture: GaussianMixture, grid: NDArray[np.float64], bk: _Numpy | _Torch) -> None:
+    def __init__(self, mixture: GaussianMixture, grid: NDArray[np.float64], bk: ArrayBackend) -> None:
         t, h = grid[:-1], grid[:-1] - grid[1:]
-        a = signal_scale(t)
-        var = (a * a)[:, None] * mixture.variances[None, :] + noise_variance(t)[:, None]  # (S, K)
+        terms = [mixture.logit_terms(float(tk)) for tk in t]  # the split form of GaussianMixture, per step
+        a = np.array([tm[0] for tm in terms])
+        var = np.stack([tm[1] for tm in terms])  # (S, K)
         inv = 1.0 / var
         scale = a[:, None] * inv
         mu = mixture.centroids
         u, s, vt = np.linalg.svd(mu, full_matrices=False)
         r = int((s > s.max() * max(mu.shape) * np.finfo(float).eps).sum()) if s.size and s.max() > 0 else 0
         c = u[:, :r] * s[:r]  # (K, r): mu = c Q
-        with np.errstate(divide="ignore"):
-            self.base = (np.log(mixture.weights)[None, :] - 0.5 * (a * a)[:, None] * (mu**2).sum(1)[None, :] * inv
-                         - 0.5 * mixture.dim * np.log(var))
+        self.base = np.stack([tm[2] for tm in terms])  # (S, K)
         self.lin = np.ascontiguousarray((scale[:, :, None] * c[None]).transpose(0, 2, 1))  # (S, r, K)
         self.mix = 2.0 * h[:, None, None] * scale[:, :, None] * c[None]  # (S, K, r)
         self.coef_b = -2.0 * h[:, None] * inv  # (S, K)
@@ -468,15 +491,7 @@ class _FusedMixtureEM:
         self.amp = np.sqrt(2.0 * h)
         self.r = r
         self.bk = bk
-        if isinstance(bk, _Torch):
-            self.q = bk.torch.as_tensor(vt[:r], dtype=bk.dtype, device=bk.device)
-            self.np_dtype = np.float64 if bk.dtype == bk.torch.float64 else np.float32
-        else:
-            from scipy.linalg import blas
-
-            self.q = np.ascontiguousarray(vt[:r])
-            self.qt = np.ascontiguousarray(self.q.T)
-            self.blas = blas
+        bk.prepare_fused(self, vt[:r])
 
     def posterior(self, z: NDArray, sq: NDArray | None, k: int) -> tuple[NDArray, NDArray]:
         """(coef (n,), w (n, r)) of step k from z = x Q^T (n, r) and |x|^2 (n,) (None: equal variances)."""
@@ -491,48 +506,14 @@ class _FusedMixtureEM:
 
     def step(self, x: Any, k: int, noise: _Noise, buf: Any) -> Any:
         """Step k in place on x (n, d, C-contiguous); ``buf`` is a scratch array of x's shape."""
-        if isinstance(self.bk, _Numpy):
-            return self._step_numpy(x, k, noise, buf)
-        return self._step_torch(x, k, noise, buf)
-
-    def _step_numpy(self, x: NDArray, k: int, noise: _Noise, buf: NDArray) -> NDArray:
-        z = x @ self.qt
-        sq = np.einsum("ij,ij->i", x, x) if self.nhinv is not None else None
-        coef, w = self.posterior(z, sq, k)
-        x *= coef[:, None]
-        xt = x.T  # Fortran-ordered (d, n) view of the C-contiguous x: BLAS updates it in place
-        for i in range(self.r if self.r <= 3 else 0):
-            out = self.blas.dger(1.0, self.q[i], w[:, i], a=xt, overwrite_a=1)  # x += w_i q_i^T
-            if out.ctypes.data != xt.ctypes.data:  # pragma: no cover - only if x were not C-contiguous
-                xt[...] = out
-        if self.r > 3:
-            out = self.blas.dgemm(1.0, self.qt, w.T, beta=1.0, c=xt, overwrite_c=1)  # x += w Q
-            if out.ctypes.data != xt.ctypes.data:  # pragma: no cover
-                xt[...] = out
-        noise.fill(buf, float(self.amp[k]))
-        x += buf
-        return x
-
-    def _step_torch(self, x: Any, k: int, noise: _Noise, buf: Any) -> Any:
-        torch = self.bk.torch
-        z = torch.mm(self.q, x.t()).t().cpu().numpy().astype(np.float64)
-        sq = torch.linalg.vecdot(x, x).cpu().numpy().astype(np.float64) if self.nhinv is not None else None
-        coef, w = self.posterior(z, sq, k)
-        coef_t = torch.from_numpy(coef.astype(self.np_dtype)[:, None]).to(x.device)
-        w_t = torch.from_numpy(w.astype(self.np_dtype)).to(x.device)
-        noise.fill(buf, float(self.amp[k]))
-        torch.addcmul(buf, x, coef_t, out=x)  # x <- sqrt(2h) xi + coef x
-        if self.r > 3:
-            x.addmm_(w_t, self.q)
-        else:
-            for i in range(self.r):
-                x.addcmul_(w_t[:, i : i + 1], self.q[i])
-        return x
+        return self.bk.fused_step(self, x, k, noise, buf)
 
 
-def _as_score(score: GaussianMixture | ScoreFn) -> ScoreFn:
+def _as_score(score: GaussianMixture | ScoreFn, bk: ArrayBackend) -> ScoreFn:
     if isinstance(score, GaussianMixture):
-        return MixtureScore(score)
+        return MixtureScore(score, backend=bk)
+    if isinstance(score, MixtureScore) and score.backend is None:
+        score.backend = bk
     if not callable(score):
         raise TypeError(f"score: must be a GaussianMixture or a callable score(x, t) -> array, got {type(score)}")
     return score
@@ -614,7 +595,7 @@ class _Stepper:
     """Advances states along ``grid``: the fused exact-mixture Euler–Maruyama (:class:`_FusedMixtureEM`) when
     the score is an isotropic :class:`GaussianMixture`, else :func:`_step` with the score callable."""
 
-    def __init__(self, fn: ScoreFn, grid: NDArray[np.float64], method: str, bk: _Numpy | _Torch) -> None:
+    def __init__(self, fn: ScoreFn, grid: NDArray[np.float64], method: str, bk: ArrayBackend) -> None:
         self.fn, self.grid, self.method, self.bk = fn, grid, method, bk
         fast = method == "euler_maruyama" and isinstance(fn, MixtureScore) and fn.mixture.isotropic
         self.fused = _FusedMixtureEM(fn.mixture, grid, bk) if fast else None
@@ -678,8 +659,8 @@ def integrate(
         raise ValueError(f"method = {method!r}: must be one of {', '.join(METHODS)}")
     grid = _check_grid(times)
     _check_threads(threads)
-    fn = _as_score(score)
     bk = _backend(backend, seed, device, dtype)
+    fn = _as_score(score, bk)
     x = bk.copy(bk.asarray(x_init))
     n_steps = grid.size - 1
     keep = set() if record is None else {int(i) for i in np.atleast_1d(record)}
@@ -701,7 +682,7 @@ def integrate(
     n = x.shape[0]
     if stepper.blocked:
         _run_blocks(_n_blocks(n), threads, lambda b: run_rows(slice(b * NOISE_BLOCK, (b + 1) * NOISE_BLOCK), b),
-                    isinstance(bk, _Torch))
+                    bk)
     else:
         run_rows(slice(0, n), 0)
     return bk.to_numpy(x).astype(np.float64), snaps
@@ -753,8 +734,8 @@ def cloning_experiment(
     labs = dict(labellers) if isinstance(labellers, Mapping) else {"class": labellers}
     if not labs or not all(callable(f) for f in labs.values()):
         raise TypeError("labellers: must be a callable or a non-empty mapping of name -> callable(x) -> labels")
-    fn = _as_score(score)
     bk = _backend(backend, seed, device, dtype)
+    fn = _as_score(score, bk)
     idx = snap_to_grid(branch_times, grid)
     x = bk.copy(bk.asarray(x_init))
     n = x.shape[0]
@@ -795,7 +776,7 @@ def cloning_experiment(
                     done[0] += 1
                     progress(done[0], n_blocks)
 
-        _run_blocks(n_blocks, threads, work, isinstance(bk, _Torch))
+        _run_blocks(n_blocks, threads, work, bk)
     else:
         run_rows(slice(0, n), 0, None if progress is None else (lambda j: progress(j + 1, idx.size)))
     info = {"backend": bk.name, "dtype": str(bk.dtype), "n_trajectories": n, "n_steps": n_steps}

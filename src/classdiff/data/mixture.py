@@ -258,6 +258,25 @@ class GaussianMixture:
             logw = np.log(self.weights)
         return logw[None, :] - 0.5 * (quad + logdet[None, :] + self.dim * _LOG_2PI)
 
+    def logit_terms(self, t: float) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
+        """The split form of the class log-densities of an isotropic mixture at time t (``docs/theory.md`` §1):
+
+            log rho_c N(x; a mu_c, G_c^2 I) = a x.mu_c / G_c^2 + base_c - |x|^2 / (2 G_c^2) - (d/2) log 2 pi,
+            a = e^{-t},  G_c^2 = a^2 sigma_c^2 + Delta_t,  base_c = log rho_c - a^2 |mu_c|^2 / (2 G_c^2) - (d/2) log G_c^2,
+
+        from which the score s = sum_c p_c (a mu_c - x) / G_c^2 follows with one (n, d) @ (d, K) product (the
+        backward integrators of :mod:`classdiff.data.backward` fuse it into their update). Returns
+        (a, G^2 (K,), base (K,)).
+        """
+        if not self.isotropic:
+            raise ValueError("logit_terms: needs an isotropic mixture (variances of shape (K,))")
+        a = float(signal_scale(t))
+        var = a * a * self.variances + float(noise_variance(t))
+        inv = 1.0 / var
+        with np.errstate(divide="ignore"):
+            base = np.log(self.weights) - 0.5 * a * a * (self.centroids**2).sum(1) * inv - 0.5 * self.dim * np.log(var)
+        return a, var, base
+
     def log_density(self, x: ArrayLike, t: float) -> NDArray[np.float64]:
         """log P_t(x), shape (n,)."""
         return logsumexp(self.log_class_densities(x, t), axis=1)

@@ -40,6 +40,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from classdiff.core.memory import check_memory
 from classdiff.core.readoff import ORDER_KEYS, class_order
 from classdiff.core.results import Time, reached
 from classdiff.data.mixture import GaussianMixture
@@ -585,6 +586,11 @@ def speciation_from_config(
     (:mod:`classdiff.data.backward`; e.g. ``"torch"`` on ``"cuda"``).
     """
     th = config.theory
+    d = config.mixture.dim
+    # trajectories, their clones, the noise buffer and the states kept at every branching time, float64
+    need = 8.0 * d * th.n_trajectories * (th.n_branch_times + 4) + 8.0 * d * len(config.mixture.weights)
+    check_memory(need, f"speciation with {th.n_trajectories} trajectories in d = {d}, {th.n_branch_times} "
+                       "branching times", "lower mixture.dim, theory.n_trajectories or theory.n_branch_times")
     mixture = GaussianMixture.from_config(config.mixture)
     theory = speciation_times(mixture, th.commitment_threshold, "absolute")
     hi, lo, t_end = simulation_window(mixture, theory, th.t_max)

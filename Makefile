@@ -53,7 +53,9 @@ test: $(STAMP) data browser
 demo: $(STAMP) data
 	$(VENV)/bin/classdiff demo
 
+# the peer rows (diffusers, faiss-cpu) need the bench extra; a row that cannot run fails the target
 bench: $(STAMP) data
+	$(PIP) install --quiet $(FIND_LINKS) "$(TORCH_PIN)" -e ".[dev,bench]"
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)

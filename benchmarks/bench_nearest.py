@@ -82,7 +82,8 @@ def ratios() -> list[dict]:
     quick = os.environ.get("CLASSDIFF_BENCH_QUICK") == "1"
     res = measure(2000 if quick else 10_000, 60_000, repeats=1 if quick else 2)
     if "faiss_s" not in res:
-        return []
+        raise RuntimeError("the faiss row cannot run: faiss-cpu is not installed (pip install -e '.[bench]'; "
+                           "make bench installs it)")
     return [{"benchmark": f"2-NN of {2000 if quick else 10000} among 60000 vs faiss exact"
              + ("" if res["identical_both"] else f" ({res['n_differ']} indices differ)"),
              "ours": res["ours_s"], "reference": res["faiss_s"], "unit": "s",

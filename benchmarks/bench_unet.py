@@ -191,7 +191,8 @@ def ratios() -> list[dict]:
     quick = os.environ.get("CLASSDIFF_BENCH_QUICK") == "1"
     res = measure(width=16 if quick else 32, batch=32 if quick else 64, steps=2, repeats=5 if quick else 9)
     if REF not in res:
-        return []
+        raise RuntimeError("the diffusers row cannot run: diffusers is not installed (pip install -e '.[bench]'; "
+                           "make bench installs it)")
     ratio = res[OURS]["paired_ratio_quartiles"][1]
     ref = res[REF]["images_per_s"]
     return [{"benchmark": "U-Net CPU training throughput vs diffusers (median of paired rounds)",

@@ -435,6 +435,10 @@ def test_unequal_variances_give_different_ordered_timescales():
     assert gen[1] < gen[0]
     spread = max(res["classes"][0]["tau_gen_std"], res["classes"][1]["tau_gen_std"])
     assert gen[0] - gen[1] > 2 * spread
+    for cl in res["classes"]:  # per-seed values, their count and spread
+        seeds = np.array(cl["tau_gen_seeds"], dtype=float)
+        assert cl["tau_gen_reached_seeds"] == len(seeds) == res["seeds"]
+        assert np.isclose(cl["tau_gen"], seeds.mean()) and np.isclose(cl["tau_gen_std"], seeds.std(ddof=1))
     assert res["generalization_order"] == [1, 0]
     assert sorted(res["memorization_order"]) == [0, 1]
     assert len(res["tau"]) == 60 and len(res["classes"][0]["train_loss"]) == 60
@@ -452,7 +456,9 @@ def test_dynamics_reports_events_outside_the_window_as_not_reached():
     res = dynamics_from_config(cfg, tau=tau)
     assert [c["tau_mem"] for c in res["classes"]] == [NOT_REACHED, NOT_REACHED]
     assert res[ORDER_KEYS["tau_mem"]] == [0, 1]
-    assert json.loads(json.dumps(encode(res)))["classes"][0]["tau_mem"] == "not reached"
+    enc = json.loads(json.dumps(encode(res)))["classes"][0]
+    assert enc["tau_mem"] == "not reached" and enc["tau_mem_seeds"] == ["not reached"]
+    assert enc["tau_mem_reached_seeds"] == 0 and enc["tau_mem_std"] is None
     gen, mem = _times(cfg, tau, "dynamics")
     assert np.all(np.isnan(mem))
     np.testing.assert_array_equal(gen, [c["tau_gen"] if c["tau_gen"] is not NOT_REACHED else np.nan

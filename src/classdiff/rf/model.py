@@ -867,8 +867,10 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
             "tau_mem": _seed_mean(mem[:, c]),
             "tau_gen_std": float(np.nanstd(gen[:, c], ddof=1)) if np.sum(np.isfinite(gen[:, c])) > 1 else None,
             "tau_mem_std": float(np.nanstd(mem[:, c], ddof=1)) if np.sum(np.isfinite(mem[:, c])) > 1 else None,
-            "tau_gen_seeds": gen[:, c],
-            "tau_mem_seeds": mem[:, c],
+            "tau_gen_seeds": [reached(v) for v in gen[:, c]],
+            "tau_mem_seeds": [reached(v) for v in mem[:, c]],
+            "tau_gen_reached_seeds": int(np.sum(np.isfinite(gen[:, c]))),
+            "tau_mem_reached_seeds": int(np.sum(np.isfinite(mem[:, c]))),
         })
 
     return {
@@ -883,6 +885,8 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
             "tau_gen": f"readoff.generalization_time of the class test loss, tolerance {tr.gen_tolerance}",
             "tau_mem": f"readoff.memorization_time of the class gap, fraction {tr.mem_fraction}, final gap at tau=inf",
             "test_loss_se": "batch-means standard error over fresh samples",
+            "seeds": "curves of the first seed; tau_gen/tau_mem: mean over the seeds that reached the event "
+                     "(tau_*_reached_seeds of them), tau_*_std their standard deviation, tau_*_seeds every seed's value",
         },
         "eigenvalues": est.eigenvalues_,
     }

@@ -62,3 +62,5 @@ def test_shapes_are_checked_and_empty_classes_contribute_nothing():
     np.testing.assert_array_equal(gaussian_equivalent_covariance(W, "tanh", 0.5, mu, var, labels, dev, omega), one)
     with pytest.raises(ValueError, match="deviations"):
         gaussian_equivalent_covariance(W, "tanh", 0.5, mu, var, labels, dev[:, :-1], omega)
+    with pytest.raises(ValueError, match=r"labels: must lie in 0..2"):
+        gaussian_equivalent_covariance(W, "tanh", 0.5, mu, var, np.full(n, 3), dev, omega)

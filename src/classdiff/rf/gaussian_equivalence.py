@@ -57,12 +57,15 @@ def gaussian_equivalent_covariance(
     n = labels.shape[0]
     if deviations.shape != (n, d) or omega.shape != (n, p):
         raise ValueError(f"deviations {deviations.shape} and omega {omega.shape}: must be ({n}, {d}) and ({n}, {p})")
+    k = centroids.shape[0]
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels: must lie in 0..{k - 1} (one per centroid), got {labels.min()}..{labels.max()}")
     e_t = float(signal_scale(time))
     root_d = math.sqrt(d)
     K = W @ W.T / d
     G = np.empty((n, p))
     noise = np.zeros((p, p))
-    for c in range(centroids.shape[0]):
+    for c in range(k):
         rows = labels == c
         n_c = int(rows.sum())
         if n_c == 0:

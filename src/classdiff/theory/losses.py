@@ -167,8 +167,8 @@ class LossModel:
         ii, jj = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
         ii, jj = ii.ravel(), jj.ravel()
         E = np.stack([self.cb, self.ca], axis=1)  # (K, 2): C_c = cb_c + ca_c k
-        Ft = np.array([[self.cb[c] + ft.s2[c, 0], self.ca[c] + ft.delta_t * a2[c]] for c in range(k)])  # Ubar_c
-        Fb = np.array([[ft.s2[c, 0], ft.delta_t * a2[c]] for c in range(k)])  # B_c
+        Fb = np.stack([ft.s2[:, 0], ft.delta_t * a2], axis=1)  # B_c = s2_c + Delta a_c^2 k
+        Ft = E + Fb  # Ubar_c = C_c + B_c
         F = {}
         for sign, p2 in (("pp", pt), ("pm", pt.conj())):
             basis = [_int2(pt, p2, poly, ii, jj) for poly in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))]

@@ -6,4 +6,5 @@ the sweepable ones are :data:`classdiff.core.config.SWEEP_COMMANDS`.
 
 COMMANDS: tuple[str, ...] = (
     "demo", "spectrum", "dynamics", "timescales", "speciation", "train", "evaluate", "sweep", "report", "audit",
+    "generate", "memorization",
 )

@@ -24,6 +24,7 @@ Class order (:func:`class_order`, the one rule every predictor and measurement u
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from classdiff.core.results import NOT_REACHED
 
-__all__ = ["ORDER_KEYS", "class_order", "crossing_time", "generalization_time", "memorization_time"]
+__all__ = ["ORDER_KEYS", "class_order", "crossing_time", "generalization_time", "interval_order", "memorization_time",
+           "pairwise_agreement"]
 
 #: the result keys of per-class orders, by the per-class time they order (one vocabulary everywhere)
 ORDER_KEYS: dict[str, str] = {
@@ -130,3 +132,63 @@ def memorization_time(
     final = gap[..., -1] if final_gap is None else np.asarray(final_gap, dtype=np.float64)
     level = np.where(final > 0, fraction * final, np.nan)
     return crossing_time(tau, gap, level)
+
+
+
+def interval_order(values: Sequence[Any], intervals: Sequence[Sequence[Any]], labels: Sequence[int] | None = None,
+                   *, descending: bool = False) -> dict[str, Any]:
+    """Order of classes by a measured quantity with confidence intervals, reported only where they separate.
+
+    ``values`` (K,) point estimates, ``intervals`` (K, 2) their [lo, hi] intervals (nan / None: not measured,
+    that class is left out). Classes are sorted by value (``descending``: largest first). The order is
+    *resolved* when every pair of neighbours in that sorted list has disjoint intervals; otherwise it is
+    "not resolved" and ``ties`` lists the neighbouring pairs whose intervals overlap. Returns
+    ``{"order": [labels] or "not resolved", "sorted": [labels], "resolved": bool, "ties": [[a, b], ...],
+    "intervals": {label: [lo, hi]}}``; ``sorted`` is the point-estimate order (for display, not a claim).
+    """
+    labels = list(range(len(values))) if labels is None else [int(v) for v in labels]
+    if not len(labels) == len(values) == len(intervals):
+        raise ValueError(f"interval_order: {len(labels)} labels, {len(values)} values, {len(intervals)} intervals")
+    rows = []
+    for lab, v, iv in zip(labels, values, intervals, strict=True):
+        if v is None or iv is None or any(b is None for b in iv):
+            continue
+        lo, hi, val = float(iv[0]), float(iv[1]), float(v)
+        if np.isnan(val) or np.isnan(lo) or np.isnan(hi):
+            continue
+        rows.append((-val if descending else val, lab, lo, hi))
+    rows.sort()
+    ties = [[a[1], b[1]] for a, b in itertools.pairwise(rows) if _overlap(a[2:], b[2:])]
+    ordered = [r[1] for r in rows]
+    return {"order": ordered if not ties else "not resolved", "sorted": ordered, "resolved": not ties,
+            "ties": ties, "intervals": {r[1]: [r[2], r[3]] for r in rows}}
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return max(a[0], b[0]) <= min(a[1], b[1])
+
+
+def pairwise_agreement(measured: dict[str, Any], predicted: Sequence[int]) -> dict[str, Any]:
+    """Agreement of a measured :func:`interval_order` with a predicted order (labels, first first).
+
+    Rule: a pair of classes present in both counts when its two measured intervals are disjoint (the
+    measurement resolves it); it agrees when the prediction puts the two in the same order. Returns
+    ``{"pairs": n_resolved, "agree": n_agree, "fraction": agree / pairs (nan if no pair), "disagreeing":
+    [[a, b], ...]}``, ``[a, b]`` meaning measured a before b but predicted b before a.
+    """
+    order = list(measured["sorted"])
+    iv = measured["intervals"]
+    rank_pred = {int(lab): i for i, lab in enumerate(predicted)}
+    pairs = agree = 0
+    disagreeing = []
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            if _overlap(iv[a], iv[b]) or a not in rank_pred or b not in rank_pred:
+                continue
+            pairs += 1
+            if rank_pred[a] < rank_pred[b]:
+                agree += 1
+            else:
+                disagreeing.append([a, b])
+    return {"pairs": pairs, "agree": agree, "fraction": agree / pairs if pairs else float("nan"),
+            "disagreeing": disagreeing}

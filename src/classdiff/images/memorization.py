@@ -25,11 +25,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["bootstrap_interval", "memorization_by_class", "nearest_two"]
+__all__ = ["ATTRIBUTIONS", "bootstrap_interval", "fractions_by_class", "memorization_by_class", "nearest_two"]
 
 
-def _candidates_torch(q: NDArray[np.float32], r: NDArray[np.float32], k: int, chunk: int, device: str
-                      ) -> NDArray[np.int64]:
+def _blocks(m: int, chunk: int, progress: bool, desc: str):
+    """Start indices of the query blocks, with a progress bar on stderr when ``progress``."""
+    starts = range(0, m, chunk)
+    if not progress:
+        return starts
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(starts, desc=desc, unit="block", file=sys.stderr, leave=False)
+
+
+def _candidates_torch(q: NDArray[np.float32], r: NDArray[np.float32], k: int, chunk: int, device: str,
+                      progress: bool = False) -> NDArray[np.int64]:
     """Indices (m, k) of the k smallest float32 distances of each query (rows of ``q``) to the rows of ``r``.
 
     Per chunk of queries, one ``addmm`` gives ||r||^2 - 2 q.r (the ranking of ||q - r||^2 without the per-row
@@ -46,7 +58,7 @@ def _candidates_torch(q: NDArray[np.float32], r: NDArray[np.float32], k: int, ch
     values = torch.empty(chunk, k, device=device)
     indices = torch.empty(chunk, k, dtype=torch.int64, device=device)
     out = np.empty((q.shape[0], k), dtype=np.int64)
-    for i in range(0, q.shape[0], chunk):
+    for i in _blocks(q.shape[0], chunk, progress, "nearest neighbours"):
         qt = qt_all[i:i + chunk].to(device)
         m = qt.shape[0]
         d = torch.addmm(r2, qt, rt.T, beta=1.0, alpha=-2.0, out=scores[:m])
@@ -55,13 +67,21 @@ def _candidates_torch(q: NDArray[np.float32], r: NDArray[np.float32], k: int, ch
     return out
 
 
-def _candidates_faiss(q: NDArray[np.float32], r: NDArray[np.float32], k: int) -> NDArray[np.int64]:
-    import faiss
+def _candidates_faiss(q: NDArray[np.float32], r: NDArray[np.float32], k: int, chunk: int,
+                      progress: bool = False) -> NDArray[np.int64]:
+    try:
+        import faiss
+    except ImportError:
+        raise ValueError("backend = 'faiss': faiss is not installed (pip install faiss-cpu, or the 'bench' "
+                         "extra); use backend 'torch'") from None
 
     index = faiss.IndexFlatL2(r.shape[1])
     index.add(np.ascontiguousarray(r))
-    _, idx = index.search(np.ascontiguousarray(q), k)
-    return idx.astype(np.int64)
+    out = np.empty((q.shape[0], k), dtype=np.int64)
+    for i in _blocks(q.shape[0], max(chunk, 1), progress, "nearest neighbours (faiss)"):
+        _, idx = index.search(np.ascontiguousarray(q[i:i + chunk]), k)
+        out[i:i + len(idx)] = idx
+    return out
 
 
 def nearest_two(
@@ -72,11 +92,13 @@ def nearest_two(
     chunk: int = 1024,
     device: str = "cpu",
     candidates: int = 8,
+    progress: bool = False,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
     """The two nearest references of each query: (d1, d2, i1, i2), each of shape (m,).
 
     ``queries`` (m, ...) and ``references`` (n, ...) are flattened; distances are exact float64 L2 norms of
-    the best ``candidates`` found in float32 (``backend`` "torch" or "faiss"). Needs n >= 2.
+    the best ``candidates`` found in float32 (``backend`` "torch" or "faiss"), ``chunk`` queries at a time
+    (memory about chunk * n * 4 bytes on top of the data); ``progress`` shows a bar per block. Needs n >= 2.
     """
     q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
     r = np.asarray(references, dtype=np.float32).reshape(len(references), -1)
@@ -86,9 +108,9 @@ def nearest_two(
         raise ValueError(f"references: need at least 2 images, got {r.shape[0]}")
     k = min(candidates, r.shape[0])
     if backend == "torch":
-        cand = _candidates_torch(q, r, k, chunk, device)
+        cand = _candidates_torch(q, r, k, chunk, device, progress)
     elif backend == "faiss":
-        cand = _candidates_faiss(q, r, k)
+        cand = _candidates_faiss(q, r, k, chunk, progress)
     else:
         raise ValueError(f"backend = {backend!r}: must be 'torch' or 'faiss'")
     q64 = q.astype(np.float64)
@@ -126,6 +148,42 @@ def bootstrap_interval(
     return float(stats.std()), float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
+#: how a generated sample is attributed to a class: result-key suffix and count key of each attribution
+ATTRIBUTIONS: dict[str, tuple[str, str]] = {
+    "nearest": ("", "n_nearest"),          # the label of its nearest training image
+    "classifier": ("_classifier", "n_classifier"),  # a classifier's predicted label
+    "conditioning": ("_conditioning", "n_conditioning"),  # the class it was generated for (conditional models)
+}
+
+
+def fractions_by_class(memorized: NDArray[np.float64], attributed: dict[str, NDArray | None], classes: ArrayLike,
+                       n_bootstrap: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Per class: count, f_mem, its bootstrap std and 95 % interval, and share, for each attribution given.
+
+    ``memorized`` (m,) in {0, 1}; ``attributed`` maps names of :data:`ATTRIBUTIONS` to labels (m,) or None
+    (skipped). Keys per class: ``label`` and, per attribution with suffix s, ``n_<name>``, ``f_mem<s>`` (None
+    when no sample is attributed to the class), ``f_mem<s>_std``, ``f_mem<s>_ci`` and ``share<s>``.
+    """
+    m = memorized.size
+    out = []
+    for c in np.asarray(classes):
+        rec: dict[str, Any] = {"label": int(c)}
+        for name, lab in attributed.items():
+            if lab is None:
+                continue
+            key, count_key = ATTRIBUTIONS[name]
+            member = np.asarray(lab) == c
+            cnt = int(member.sum())
+            rec[count_key] = cnt
+            rec["f_mem" + key] = float(memorized[member].mean()) if cnt else None
+            s, a, b = bootstrap_interval(memorized, member, n_bootstrap, rng) if cnt else (np.nan,) * 3
+            rec["f_mem" + key + "_std"] = s
+            rec["f_mem" + key + "_ci"] = [a, b]
+            rec["share" + key] = float(memorized[member].sum() / m) if m else None
+        out.append(rec)
+    return out
+
+
 def memorization_by_class(
     samples: ArrayLike,
     train_images: ArrayLike,
@@ -133,11 +191,14 @@ def memorization_by_class(
     *,
     classes: Sequence[int] | None = None,
     classifier_labels: ArrayLike | None = None,
+    sample_labels: ArrayLike | None = None,
     threshold: float = 1.0 / 3.0,
     n_bootstrap: int = 1000,
     seed: int = 0,
     backend: str = "torch",
     device: str = "cpu",
+    chunk: int = 1024,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Overall and per-class memorization fractions of ``samples`` (m, ...) w.r.t. ``train_images`` (n, ...).
 
@@ -146,39 +207,31 @@ def memorization_by_class(
         {"f_mem": ..., "f_mem_ci": [lo, hi], "f_mem_std": ..., "n_samples": m, "threshold": k,
          "classes": [{"label": c, "n_nearest": ..., "f_mem": ..., "f_mem_ci": [lo, hi], "share": ...,
                       "n_classifier": ..., "f_mem_classifier": ..., "f_mem_classifier_ci": [...]}, ...],
-         "ratio": [d1/d2 per sample], "nearest_index": [...], "nearest_label": [...]}
+         "ratio": [d1/d2 per sample], "nearest_index": [...], "second_index": [...], "nearest_label": [...]}
 
+    The classifier keys appear when ``classifier_labels`` (m,) are given, ``*_conditioning`` keys when
+    ``sample_labels`` (m,) (the classes the samples were generated for) are given (:func:`fractions_by_class`).
     ``f_mem`` of a class without attributed samples is None.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold = {threshold!r}: must lie in (0, 1)")
     train_labels = np.asarray(train_labels)
-    d1, d2, i1, _ = nearest_two(samples, train_images, backend=backend, device=device)
+    d1, d2, i1, i2 = nearest_two(samples, train_images, backend=backend, device=device, chunk=chunk,
+                                 progress=progress)
     ratio = np.where(d2 > 0, d1 / np.where(d2 > 0, d2, 1.0), 1.0)  # two identical neighbours: not memorized
     memorized = (ratio < threshold).astype(np.float64)
     nearest_label = train_labels[i1]
     labs = np.unique(train_labels) if classes is None else np.asarray(classes)
     rng = np.random.default_rng(seed)
     std, lo, hi = bootstrap_interval(memorized, None, n_bootstrap, rng)
-    clf = None if classifier_labels is None else np.asarray(classifier_labels)
-    per_class = []
+    attributed = {"nearest": nearest_label,
+                  "classifier": None if classifier_labels is None else np.asarray(classifier_labels),
+                  "conditioning": None if sample_labels is None else np.asarray(sample_labels)}
     m = memorized.size
-    for c in labs:
-        rec: dict[str, Any] = {"label": int(c)}
-        for key, lab in (("", nearest_label), ("_classifier", clf)):
-            if lab is None:
-                continue
-            member = lab == c
-            cnt = int(member.sum())
-            rec["n_nearest" if key == "" else "n_classifier"] = cnt
-            rec["f_mem" + key] = float(memorized[member].mean()) if cnt else None
-            s, a, b = bootstrap_interval(memorized, member, n_bootstrap, rng) if cnt else (np.nan,) * 3
-            rec["f_mem" + key + "_std"] = s
-            rec["f_mem" + key + "_ci"] = [a, b]
-            rec["share" + key] = float(memorized[member].sum() / m) if m else None
-        per_class.append(rec)
     return {
         "f_mem": float(memorized.mean()) if m else None, "f_mem_std": std, "f_mem_ci": [lo, hi],
-        "n_samples": int(m), "threshold": float(threshold), "classes": per_class,
-        "ratio": ratio.tolist(), "nearest_index": i1.tolist(), "nearest_label": nearest_label.tolist(),
+        "n_samples": int(m), "threshold": float(threshold),
+        "classes": fractions_by_class(memorized, attributed, labs, n_bootstrap, rng),
+        "ratio": ratio.tolist(), "nearest_index": i1.tolist(), "second_index": i2.tolist(),
+        "nearest_label": nearest_label.tolist(),
     }

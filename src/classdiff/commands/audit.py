@@ -1,4 +1,8 @@
-"""``classdiff audit DATA.npz``: per-class statistics and predicted learning/memorization order of any data set."""
+"""``classdiff audit DATA``: per-class statistics and predicted learning/memorization order of any data set.
+
+The measured side for a trained model's samples is ``classdiff memorization SAMPLES TRAIN``, whose report holds
+this audit's predicted order beside the measured per-class memorization.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ HELP = "Per-class statistics and predicted learning/memorization order of any la
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, help=".npz file with arrays x (n, ...) and integer labels y (n,)")
+    parser.add_argument("data", type=Path,
+                        help=".npz file with arrays x (n, ...) and integer labels y (n,) (any real features), or "
+                             "labelled images: a folder with one sub-folder per class, an idx images file, "
+                             "fashion-mnist:train|test")
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML config whose [model] (psi_p, time, activation) and [theory] sections are used")
     parser.add_argument("--psi-p", type=float, default=None, help="override model.psi_p (p / d)")
@@ -29,7 +36,13 @@ def run(args: argparse.Namespace, out: Path) -> AuditResult:
     overrides = {k: v for k, v in (("model.psi_p", args.psi_p), ("model.time", args.time)) if v is not None}
     if overrides:
         base = base.with_overrides(overrides)
-    x, y = load_labelled(args.data)
+    if args.data.suffix == ".npz":
+        x, y = load_labelled(args.data)
+    else:
+        from classdiff.data.image_sets import load_image_set
+
+        images = load_image_set(args.data, labelled=True)
+        x, y = images.flat(), images.y
     result = audit(x, y, base)
     _plot(result, out)
     for w in result.warnings:

@@ -22,6 +22,7 @@ The per-sample arrays (ratio, neighbour indices, labels) are returned apart from
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,8 @@ def audit_samples(
     if train.n < 2:
         raise ValueError(f"{train.source}: need at least 2 training images, got {train.n}")
     classes = train.classes
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     clf_labels = None
     quality: dict[str, Any] = {"available": False, "reason": "classifier disabled"}
     if classifier:
@@ -116,10 +119,13 @@ def audit_samples(
                          "production_ratio": h / w if w > 0 else float("nan")}
                         for c, h, w in zip(classes, hist, weights, strict=True)],
         }
+    timings["classifier_and_quality_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     mem = memorization_by_class(samples.flat(), train.flat(), train.y, classes=classes,
                                 classifier_labels=clf_labels, sample_labels=samples.y, threshold=threshold,
                                 n_bootstrap=n_bootstrap, seed=seed, backend=backend, device=device, chunk=chunk,
                                 progress=progress)
+    timings["memorization_s"] = time.perf_counter() - start  # nearest neighbours and bootstrap intervals
     arrays: dict[str, NDArray] = {
         "ratio": np.asarray(mem.pop("ratio")), "nearest_index": np.asarray(mem.pop("nearest_index")),
         "second_index": np.asarray(mem.pop("second_index")), "nearest_label": np.asarray(mem.pop("nearest_label")),
@@ -142,7 +148,9 @@ def audit_samples(
         "memorization": mem, "quality": quality, "measured_memorization_order": measured,
     }
     if theory is not False:
+        start = time.perf_counter()
         summary["theory"] = _theory(train, None if theory is None or theory is True else theory)
+        timings["theory_s"] = time.perf_counter() - start
         if summary["theory"]["available"]:
             predicted = summary["theory"]["memorization_order"]
             summary["agreement"] = {
@@ -150,6 +158,7 @@ def audit_samples(
                         "theory orders the same way (predicted tau_mem earlier = memorized more)",
                 **pairwise_agreement(measured, predicted),
             }
+    summary["timings"] = timings
     return SampleAudit(summary=summary, arrays=arrays)
 
 

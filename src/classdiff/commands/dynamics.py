@@ -5,6 +5,13 @@ writes ``results.json`` (via the CLI), ``curves.npz`` (tau, per-class curves and
 eigenvalues of U) and one figure per class, ``dynamics_class<c>.png/.pdf``, with tau_gen,c and tau_mem,c
 marked. With ``training.method = "iterative"`` the torch trainer (``training.optimizer``, ``training.noise``)
 is also run on the first seed and its logged curves are added under ``"iterative"`` and to the figures.
+
+With ``--data SOURCE --classes A,B --counts nA,nB`` the model is trained on real labelled points instead of the
+config's mixture (:func:`classdiff.rf.real_data.real_data_dynamics`): SOURCE is any image set of
+:func:`classdiff.data.image_sets.load_image_set` (``fashion-mnist:train``, an npz, an image folder), optionally
+average-pooled (``--pool``); d is the number of pixels, p = psi_p d, n the sum of the counts, and the test loss
+is measured on ``--test-per-class`` held-out points per class. There is no exact score for real data, so no
+score error is reported.
 """
 
 from __future__ import annotations
@@ -20,8 +27,15 @@ HELP = "Per-class train/test loss and score error of the random-features model o
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="TOML config ([mixture], [model], [training])")
+    parser.add_argument("config", type=Path, nargs="?", default=None,
+                        help="TOML config ([mixture], [model], [training]); default: the defaults")
     parser.add_argument("--seeds", type=int, default=None, help="override training.seeds")
+    parser.add_argument("--data", default=None,
+                        help="train on real labelled points: fashion-mnist:train, an .npz (x, y), an image folder")
+    parser.add_argument("--classes", default=None, help="with --data: comma-separated class labels, e.g. 1,8")
+    parser.add_argument("--counts", default=None, help="with --data: training points per class, e.g. 160,40")
+    parser.add_argument("--test-per-class", type=int, default=500, help="with --data: held-out points per class")
+    parser.add_argument("--pool", type=int, default=1, help="with --data: average-pool images by this factor")
 
 
 def _iterative(config: Config, result: dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +79,10 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
     test, se = np.asarray(cl["test_loss"]), np.asarray(cl["test_loss_se"])
     ax.plot(tau, test, color="C1", label="test loss")
     ax.fill_between(tau, test - 2 * se, test + 2 * se, color="C1", alpha=0.25, lw=0)
-    score, sse = np.asarray(cl["score_error"]), np.asarray(cl["score_error_se"])
-    ax.plot(tau, score, color="C2", label="score error")
-    ax.fill_between(tau, score - 2 * sse, score + 2 * sse, color="C2", alpha=0.25, lw=0)
+    if "score_error" in cl:  # absent for real data (no exact score)
+        score, sse = np.asarray(cl["score_error"]), np.asarray(cl["score_error_se"])
+        ax.plot(tau, score, color="C2", label="score error")
+        ax.fill_between(tau, score - 2 * sse, score + 2 * sse, color="C2", alpha=0.25, lw=0)
     it = result.get("iterative")
     if it is not None:
         ax.plot(it["tau"], it["train_loss"][c], "o", ms=3, color="C0", mfc="none", label=f"{it['optimizer']} train")
@@ -79,7 +94,8 @@ def _figure(result: dict[str, Any], c: int, out: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel(r"training time $\tau$")
     ax.set_ylabel("per-class loss / score error")
-    ax.set_title(f"class {c}: $\\sigma_c^2$ = {cl['variance']:.3g}, $n_c$ = {cl['n_train']}, "
+    where = " (real data)" if result.get("source") == "real data" else ""
+    ax.set_title(f"class {cl['label']}{where}: $\\sigma_c^2$ = {cl['variance']:.3g}, $n_c$ = {cl['n_train']}, "
                  f"d = {result['d']}, p = {result['p']}, t = {result['time']:g}", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     save_figure(fig, out / f"dynamics_class{c}")
@@ -91,23 +107,65 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     config = load_config(args.config)
     if args.seeds is not None:
         config = config.with_overrides({"training.seeds": args.seeds})
-    return dynamics_stage(config, out)
+    if args.data is None:
+        if args.classes is not None or args.counts is not None:
+            raise ValueError("--classes and --counts need --data (real labelled points)")
+        if args.config is None:
+            raise ValueError("config: give a TOML config, or --data with --classes and --counts")
+        return dynamics_stage(config, out)
+    return real_data_stage(config, args, out)
+
+
+def _int_list(text: str | None, name: str) -> list[int]:
+    if text is None:
+        raise ValueError(f"{name}: required with --data (comma-separated integers, e.g. 1,8)")
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {text!r}: expected comma-separated integers, e.g. 1,8") from None
+
+
+def real_data_stage(config: Config, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """RF dynamics on real labelled points (``--data``), curves and figures written under ``out``."""
+    import numpy as np
+
+    from classdiff.data.image_sets import load_image_set
+    from classdiff.rf.model import _check_dynamics_memory
+    from classdiff.rf.real_data import real_data_dynamics
+
+    classes, counts = _int_list(args.classes, "--classes"), _int_list(args.counts, "--counts")
+    images = load_image_set(args.data, labelled=True).pooled(args.pool)
+    d = int(np.prod(images.image_shape))
+    _check_dynamics_memory(int(sum(counts)), round(config.model.psi_p * d), d, len(classes),
+                           config.training.n_batches)
+    result = real_data_dynamics(images.flat(), images.y, classes, counts, config,
+                                test_per_class=args.test_per_class,
+                                iterative=config.training.method == "iterative")
+    result["data"] = images.source
+    return _write(result, out)
 
 
 def dynamics_stage(config: Config, out: Path) -> dict[str, Any]:
     """The exact RF dynamics of ``config`` with its curves (``curves.npz``) and figures written under ``out``."""
-    import numpy as np
-
-    from classdiff.core.io import save_npz_atomic
     from classdiff.rf.model import dynamics_from_config
 
     result = dynamics_from_config(config)
     if config.training.method == "iterative":
         result["iterative"] = _iterative(config, result)
+    return _write(result, out)
+
+
+def _write(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``curves.npz`` and one figure per class for a dynamics result."""
+    import numpy as np
+
+    from classdiff.core.io import save_npz_atomic
+
     K = len(result["classes"])
     arrays = {"tau": np.asarray(result["tau"]), "eigenvalues": np.asarray(result["eigenvalues"])}
     for key in ("train_loss", "test_loss", "test_loss_se", "score_error", "score_error_se"):
-        arrays[key] = np.stack([np.asarray(cl[key]) for cl in result["classes"]])
+        if key in result["classes"][0]:
+            arrays[key] = np.stack([np.asarray(cl[key]) for cl in result["classes"]])
     save_npz_atomic(out / "curves.npz", **arrays)
     for c in range(K):
         _figure(result, c, out)

@@ -67,6 +67,20 @@ class ImageSet:
         """The images flattened, (n, C * H * W)."""
         return self.x.reshape(self.n, -1)
 
+    def pooled(self, factor: int) -> ImageSet:
+        """The set with each image average-pooled over ``factor`` x ``factor`` blocks (H, W cropped to multiples
+        of ``factor``): (n, C, H // factor, W // factor); ``factor`` 1 returns the set itself."""
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"pool = {factor!r}: must be an integer >= 1")
+        if factor == 1:
+            return self
+        n, c, h, w = self.x.shape
+        if h < factor or w < factor:
+            raise ValueError(f"pool = {factor}: images of {h}x{w} pixels are smaller than one block")
+        hh, ww = h // factor, w // factor
+        x = self.x[:, :, : hh * factor, : ww * factor].reshape(n, c, hh, factor, ww, factor).mean(axis=(3, 5))
+        return ImageSet(x.astype(np.float32), self.y, f"{self.source} (pooled {factor}x{factor})", self.class_names)
+
 
 def to_pixel_space(x: NDArray[np.floating]) -> NDArray[np.uint8]:
     """Model-space images in [-1, 1] -> uint8 0..255 (round((x + 1) * 127.5), clipped), same shape."""

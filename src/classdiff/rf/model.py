@@ -526,14 +526,20 @@ class RandomFeaturesScore:
         data: TrainingSet | GaussianMixture,
         mixture: GaussianMixture | None = None,
         n_samples: int | None = None,
+        test_data: TrainingSet | None = None,
     ) -> RandomFeaturesScore:
         """Compute U, V (total and per class), the eigendecomposition of U, and, if a mixture is known,
         the per-class test and score-error moments on fresh samples.
 
         ``data`` is a :class:`TrainingSet`, or a :class:`GaussianMixture` from which ``n_samples`` points are
         drawn (seeded by ``seed``). ``mixture`` defaults to ``data`` when ``data`` is a mixture.
+        ``test_data`` (real data, no mixture): held-out points per class whose noise-averaged moments give the
+        per-class test loss, split into ``n_batches`` batches for its standard error; there is no exact score,
+        so no score error.
         """
         self._check_params()
+        if test_data is not None and (mixture is not None or isinstance(data, GaussianMixture)):
+            raise ValueError("test_data: give either a mixture (fresh samples) or held-out test points, not both")
         if isinstance(data, GaussianMixture):
             if n_samples is None:
                 raise ValueError("n_samples: must be given when fit() receives a GaussianMixture")
@@ -580,9 +586,50 @@ class RandomFeaturesScore:
         self._stein_P = Q * (self.W_ @ self.M_.T) / math.sqrt(d) if self.method == "series" else None
         self.train_lin_ = [self._lin(m) for m in moments]
         self.mixture_ = mixture
+        self.has_test_ = mixture is not None or test_data is not None
         if mixture is not None:
             self._fit_population(mixture)
+            self.test_weights_ = mixture.weights
+        elif test_data is not None:
+            self._fit_test_points(test_data)
+            self.test_weights_ = self.class_counts_ / self.n_
         return self
+
+    def _fit_test_points(self, test: TrainingSet) -> None:
+        """Per-class test moments of held-out points (``test.x`` (m, d), ``test.labels``), ``n_batches`` batches
+        per class (a class needs at least 2 points per batch), rotated by Q; no score-error moments."""
+        Q, K, nb, d = self.eigenvectors_, self.n_classes_, int(self.n_batches), self.dim_
+        if test.x.ndim != 2 or test.x.shape[1] != d:
+            raise ValueError(f"test_data: points of shape {test.x.shape}; expected (m, {d}) like the training set")
+        self.test_ = [_BatchMoments() for _ in range(K)]
+        self.score_ = None
+        self._test_lin_full = [np.zeros((self.n_features, d)) for _ in range(K)]
+        self._score_lin_full = None
+        sizes = []
+        for c in range(K):
+            xc = test.x[test.labels == c]
+            m = len(xc) // nb
+            if m < 2:
+                raise ValueError(f"test_data: class {c} has {len(xc)} held-out points; need at least 2 per batch "
+                                 f"({2 * nb} for n_batches = {nb})")
+            xc = xc[: m * nb]
+            sizes.append(m * nb)
+            if self.method == "series":
+                moms = self._moments(xc, np.repeat(np.arange(nb), m), nb, stream=0)
+            else:
+                moms = [self._moments(xc[b * m:(b + 1) * m], np.zeros(m, dtype=np.int64), 1,
+                                      stream=100 + nb * c + b)[0] for b in range(nb)]
+            if all(mom.stein is not None for mom in moms):
+                v_mean = np.mean([mom.stein for mom in moms], axis=0)
+                self._test_lin_full[c] = Q.T @ (v_mean[:, None] * self.W_) / math.sqrt(d)
+            else:
+                self._test_lin_full[c] = np.mean([Q.T @ mom.V for mom in moms], axis=0)
+            for b in range(nb):
+                self.test_[c].quad.append(_rotate(moms[b].U, Q))
+                self.test_[c].lin.append(self._lin(moms[b]))
+                moms[b] = None
+        self.test_samples_per_class_ = sizes
+        self.score_samples_per_class_ = 0
 
     def _lin(self, mom: ClassMoments) -> Array:
         """rowsum(M o Q^T V) (p,) of a group's moments."""
@@ -671,8 +718,9 @@ class RandomFeaturesScore:
 
         Returns a dict of arrays of shape (K, T): ``train_loss`` (exact), ``test_loss`` and
         ``test_loss_se``, ``score_error`` and ``score_error_se`` (batch-means standard errors of the fresh-
-        sample estimates; present only if fit() knew the mixture), plus ``tau`` (T,) and the class-weighted
-        totals ``train_loss_total`` (weights n_c/n) and ``test_loss_total`` (weights rho_c), shape (T,).
+        sample estimates; the test keys present only if fit() knew the mixture or held-out test points, the
+        score keys only with the mixture), plus ``tau`` (T,) and the class-weighted totals ``train_loss_total``
+        (weights n_c/n) and ``test_loss_total`` (weights rho_c, or n_c/n for held-out points), shape (T,).
         """
         self._check_fitted()
         tau_arr = np.atleast_1d(np.asarray(tau, dtype=np.float64))
@@ -684,9 +732,11 @@ class RandomFeaturesScore:
                           for c in range(K)])
         out["train_loss"] = train
         out["train_loss_total"] = (self.class_counts_ / self.n_) @ train
-        if self.mixture_ is not None:
+        if self.has_test_:
             for key, store, qs, ls in (("test_loss", self.test_, 1.0, -2.0),
                                        ("score_error", self.score_, 1.0 / self.delta_, 2.0 / sq)):
+                if store is None:  # held-out real points: no exact score
+                    continue
                 mean = np.empty((K, tau_arr.size))
                 se = np.empty((K, tau_arr.size))
                 for c in range(K):
@@ -701,7 +751,7 @@ class RandomFeaturesScore:
                     se[c] = curves.std(0, ddof=1) / math.sqrt(nb)
                 out[key] = mean
                 out[key + "_se"] = se
-            out["test_loss_total"] = self.mixture_.weights @ out["test_loss"]
+            out["test_loss_total"] = self.test_weights_ @ out["test_loss"]
         return out
 
     def losses(self, A: ArrayLike) -> dict[str, Array]:
@@ -720,7 +770,7 @@ class RandomFeaturesScore:
         out["train_loss"] = np.array([
             1.0 + (self.delta_ / d) * np.sum((bq @ self.train_quad_[c]) * bq)
             + (2 * sq / d) * np.sum(bq * (Q.T @ self.V_by_class_[c]).T) for c in range(self.n_classes_)])
-        if self.mixture_ is not None:
+        if self.has_test_:
             out.update(self._population_losses(bq))
         return out
 
@@ -729,11 +779,15 @@ class RandomFeaturesScore:
         test, score = [], []
         for c in range(self.n_classes_):
             tq = np.mean(self.test_[c].quad, axis=0)
-            sqd = np.mean(self.score_[c].quad, axis=0)
             test.append(1.0 + (self.delta_ / d) * np.sum((bq @ tq) * bq) + (2 * sq / d) * np.sum(bq * self._test_lin_full[c].T))
-            score.append((np.sum((bq @ sqd) * bq) - 2 * np.sum(bq * self._score_lin_full[c].T)
-                          + np.mean(self.score_[c].const)) / d)
-        return {"test_loss": np.array(test), "score_error": np.array(score)}
+            if self.score_ is not None:
+                sqd = np.mean(self.score_[c].quad, axis=0)
+                score.append((np.sum((bq @ sqd) * bq) - 2 * np.sum(bq * self._score_lin_full[c].T)
+                              + np.mean(self.score_[c].const)) / d)
+        out = {"test_loss": np.array(test)}
+        if self.score_ is not None:
+            out["score_error"] = np.array(score)
+        return out
 
     # ------------------------------------------------------------------------------------------ readoff
     def timescales(
@@ -748,10 +802,10 @@ class RandomFeaturesScore:
         tau_gen,c = :func:`classdiff.core.readoff.generalization_time` of the test loss (``gen_tolerance``);
         tau_mem,c = :func:`classdiff.core.readoff.memorization_time` of the gap L_test - L_train with the final gap
         taken at tau = inf (``mem_fraction``). Returns arrays of shape (K,): ``tau_gen``, ``tau_mem``,
-        ``final_gap``, and ``tau_gen_score`` (the same read-off on the score error).
+        ``final_gap``, and ``tau_gen_score`` (the same read-off on the score error; nan without a mixture).
         """
-        if self.mixture_ is None:
-            raise ValueError("timescales: fit() needs the mixture (test moments) to read off timescales")
+        if not getattr(self, "has_test_", False):
+            raise ValueError("timescales: fit() needs the mixture or held-out test points to read off timescales")
         tau = np.asarray(tau, dtype=np.float64)
         if curves is None:
             curves = self.predict_curves(np.append(tau, np.inf))
@@ -761,7 +815,8 @@ class RandomFeaturesScore:
             "tau_gen": generalization_time(tau, test, gen_tolerance, initial=np.ones(self.n_classes_)),
             "tau_mem": memorization_time(tau, train, test, mem_fraction, final_gap=last),
             "final_gap": last,
-            "tau_gen_score": generalization_time(tau, curves["score_error"][:, :-1], gen_tolerance),
+            "tau_gen_score": (generalization_time(tau, curves["score_error"][:, :-1], gen_tolerance)
+                              if "score_error" in curves else np.full(self.n_classes_, np.nan)),
         }
 
     # ------------------------------------------------------------------------------------------ GE

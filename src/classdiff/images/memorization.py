@@ -124,6 +124,10 @@ def nearest_two(
     return dist[:, 0], dist[:, 1], cand[:, 0], cand[:, 1]
 
 
+#: indices drawn per bootstrap block (memory about 8 bytes each)
+BOOTSTRAP_BLOCK = 4_000_000
+
+
 def bootstrap_interval(
     values: NDArray[np.float64], groups: NDArray[np.bool_] | None, n_bootstrap: int, rng: np.random.Generator,
     level: float = 0.95,
@@ -136,9 +140,14 @@ def bootstrap_interval(
     if n_bootstrap <= 0 or m == 0:
         return float("nan"), float("nan"), float("nan")
     member = np.ones(m, dtype=bool) if groups is None else groups
-    idx = rng.integers(0, m, size=(n_bootstrap, m))
-    num = (values[idx] * member[idx]).sum(axis=1)
-    den = member[idx].sum(axis=1)
+    hit = values * member
+    num = np.empty(n_bootstrap)
+    den = np.empty(n_bootstrap)
+    rows = max(2, (BOOTSTRAP_BLOCK // max(m, 1)) // 2 * 2)  # an even number of resamples per block
+    for i in range(0, n_bootstrap, rows):  # in blocks: memory rows * m, the same draws as one (n_bootstrap, m) call
+        idx = rng.integers(0, m, size=(min(rows, n_bootstrap - i), m))
+        num[i:i + len(idx)] = hit[idx].sum(axis=1)
+        den[i:i + len(idx)] = member[idx].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = np.where(den > 0, num / np.maximum(den, 1), np.nan)
     stats = stats[np.isfinite(stats)]

@@ -124,6 +124,25 @@ def test_timescales_json_keys_and_determinism():
     assert [c.tau_gen for c in again.classes] == [c.tau_gen for c in res.classes]
 
 
+@pytest.mark.parametrize("over", [
+    {},  # the demo config as shipped
+    {"mixture.weights": [0.9, 0.1], "mixture.centroid_norms": [1.0, 1.0], "model.psi_p": 2.0},
+])
+def test_timescales_edges_are_the_spectrum_edges(over):
+    """``timescales`` reports the bulk edges of the mixture's spectrum, the same numbers as ``spectrum`` for the
+    same config; the loss model's one-type edges are a separate field (they differ when the types differ)."""
+    from importlib.resources import files
+
+    from classdiff.core.config import load_config
+    from classdiff.theory.spectrum import spectrum_from_config
+
+    cfg = load_config(files("classdiff") / "demo.toml").with_overrides(over | {"training.n_times": 40})
+    res = timescales_from_config(cfg)
+    want = spectrum_from_config(cfg).edges
+    np.testing.assert_allclose(np.asarray(res.edges), np.asarray(want), rtol=1e-12, atol=0)
+    assert np.asarray(res.loss_model_edges).shape[1] == 2
+
+
 def test_mixture_entry_point_is_the_config_path():
     from classdiff.theory.spectrum import training_mixture
     from classdiff.theory.timescales import class_timescales_for_mixture

@@ -165,13 +165,16 @@ class ClassTimescales:
 @dataclass
 class TimescalesResult:
     """The ``timescales`` result: per-class times, the orders (labels, earliest first), the training-time grid
-    ``tau`` (T,), the bulk ``edges`` of the loss model's spectrum and the definitions used."""
+    ``tau`` (T,), the bulk ``edges`` of the mixture's spectrum (the same as the ``spectrum`` result of the same
+    config), the ``loss_model_edges`` of the one-type spectrum the loss curves are computed on, and the
+    definitions used."""
 
     classes: list[ClassTimescales]
     tau: Array = field(repr=False)
     generalization_order: list[int]
     memorization_order: list[int]
     edges: list[list[float]]
+    loss_model_edges: list[list[float]]
     definitions: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +185,7 @@ class TimescalesResult:
             ORDER_KEYS["tau_gen"]: self.generalization_order,
             ORDER_KEYS["tau_mem"]: self.memorization_order,
             "edges": self.edges,
+            "loss_model_edges": self.loss_model_edges,
             "definitions": self.definitions,
         }
 
@@ -201,7 +205,12 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
     if labels is None:
         labels = getattr(mixture, "labels_", np.arange(mixture.n_classes))
     labs = [int(v) for v in np.asarray(labels).reshape(-1)]
-    res = _timescales_of_types(types_for_mixture(mixture, model, theory), theory, tr, None)
+    ft = types_for_mixture(mixture, model, theory)
+    res = _timescales_of_types(ft, theory, tr, None)
+    # the edges of the full feature types, found as the spectrum command finds them (same scan): the loss model's
+    # one effective type has its own, different edges, reported apart
+    edges = FeatureSpectrum(n_lambda=theory.n_lambda, epsilon=theory.epsilon, tolerance=theory.tolerance,
+                            n_scan=theory.n_scan, outliers=False).fit(ft).edges_
     gen = [reached(v) for v in res["tau_gen"]]
     mem = [reached(v) for v in res["tau_mem"]]
     variances, norms = mixture.mean_variances, mixture.centroid_norms
@@ -217,12 +226,15 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
         tau=res["tau"],
         generalization_order=class_order(gen, labs),
         memorization_order=class_order(mem, labs),
-        edges=res["spectrum"].edges_.tolist(),
+        edges=edges.tolist(),
+        loss_model_edges=res["spectrum"].edges_.tolist(),
         definitions={
             "tau_gen": f"readoff.generalization_time of the predicted class test loss, tolerance {tr.gen_tolerance}",
             "tau_mem": f"readoff.memorization_time of the predicted class gap, fraction {tr.mem_fraction},"
                        " final gap at tau = inf",
             "closure": CLOSURE,
+            "edges": "bulk edges of the spectrum of U for the mixture's feature types (as in `spectrum`)",
+            "loss_model_edges": "bulk edges of the one-effective-type spectrum the loss curves use",
         },
     )
 

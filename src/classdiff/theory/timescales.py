@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from classdiff.core.config import Config, ModelConfig, TheoryConfig, TrainingConfig
     from classdiff.data.mixture import GaussianMixture
 
+#: largest number of unknowns (K + K(K+1)/2 with centroids) for which ``timescales`` solves the full mixture's
+#: spectrum for its ``edges`` (K = 14 classes; K = 20 takes about a minute and 7 GB, measured on 2 cores)
+FULL_EDGES_MAX_UNKNOWNS = 120
+
 __all__ = [
     "ClassTimescales",
     "TimescalesResult",
@@ -173,7 +177,7 @@ class TimescalesResult:
     tau: Array = field(repr=False)
     generalization_order: list[int]
     memorization_order: list[int]
-    edges: list[list[float]]
+    edges: list[list[float]] | float
     loss_model_edges: list[list[float]]
     definitions: dict[str, str]
 
@@ -207,10 +211,20 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
     labs = [int(v) for v in np.asarray(labels).reshape(-1)]
     ft = types_for_mixture(mixture, model, theory)
     res = _timescales_of_types(ft, theory, tr, None)
-    # the edges of the full feature types, found as the spectrum command finds them (same scan): the loss model's
-    # one effective type has its own, different edges, reported apart
-    edges = FeatureSpectrum(n_lambda=theory.n_lambda, epsilon=theory.epsilon, tolerance=theory.tolerance,
-                            n_scan=theory.n_scan, outliers=False).fit(ft).edges_
+    # the edges of the full feature types, found as the spectrum command finds them (same scan; the edges do not
+    # depend on n_lambda, so the density grid is kept minimal): the loss model's one effective type has its own,
+    # different edges, reported apart. The full solve has K + K(K+1)/2 unknowns and costs O(n_unknowns^3) per
+    # scan point, so beyond FULL_EDGES_MAX_UNKNOWNS (K > 14 classes with centroids) it is not computed (nan).
+    if ft.n_unknowns <= FULL_EDGES_MAX_UNKNOWNS:
+        edges: list[list[float]] | float = FeatureSpectrum(
+            n_lambda=10, epsilon=theory.epsilon, tolerance=theory.tolerance, n_scan=theory.n_scan,
+            outliers=False).fit(ft).edges_.tolist()
+        edges_note = "bulk edges of the spectrum of U for the mixture's feature types (as in `spectrum`)"
+    else:
+        edges = float("nan")
+        edges_note = (f"not computed: the full spectrum of these {ft.n_classes} classes has {ft.n_unknowns} "
+                      f"unknowns (limit {FULL_EDGES_MAX_UNKNOWNS}); `classdiff spectrum` solves it at O(n^3) "
+                      "per point")
     gen = [reached(v) for v in res["tau_gen"]]
     mem = [reached(v) for v in res["tau_mem"]]
     variances, norms = mixture.mean_variances, mixture.centroid_norms
@@ -226,14 +240,14 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
         tau=res["tau"],
         generalization_order=class_order(gen, labs),
         memorization_order=class_order(mem, labs),
-        edges=edges.tolist(),
+        edges=edges,
         loss_model_edges=res["spectrum"].edges_.tolist(),
         definitions={
             "tau_gen": f"readoff.generalization_time of the predicted class test loss, tolerance {tr.gen_tolerance}",
             "tau_mem": f"readoff.memorization_time of the predicted class gap, fraction {tr.mem_fraction},"
                        " final gap at tau = inf",
             "closure": CLOSURE,
-            "edges": "bulk edges of the spectrum of U for the mixture's feature types (as in `spectrum`)",
+            "edges": edges_note,
             "loss_model_edges": "bulk edges of the one-effective-type spectrum the loss curves use",
         },
     )

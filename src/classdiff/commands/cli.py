@@ -40,7 +40,7 @@ def load_command(name: str) -> ModuleType:
     """The module of command ``name`` (one of :data:`classdiff.commands.COMMANDS`)."""
     if name not in COMMANDS:
         raise ValueError(f"command {name!r}: must be one of {', '.join(COMMANDS)}")
-    return importlib.import_module(f"classdiff.commands.{name}")
+    return importlib.import_module(f"classdiff.commands.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

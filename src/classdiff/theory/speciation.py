@@ -51,15 +51,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "THRESHOLD_MODES",
+    "MinorityDelay",
     "SpeciationClass",
     "SpeciationResult",
     "SpeciationTimes",
     "balanced_snr",
+    "bootstrap_speciation_times",
     "closed_form_speciation_times",
     "collapse_time",
     "commitment_curves",
     "commitment_levels",
     "covariance_top_eigenvalue",
+    "percentile_interval",
     "read_speciation_times",
     "required_snr",
     "simulate_collapse",
@@ -67,6 +70,7 @@ __all__ = [
     "simulation_window",
     "speciation_from_config",
     "speciation_times",
+    "time_difference",
 ]
 
 THRESHOLD_MODES = ("absolute", "relative")
@@ -397,7 +401,8 @@ def simulate_commitment(
     uncertainty left at t_min, so t_min can sit well below the speciation window to save steps); any
     callable(x) -> labels in 0..K-1. ``x_init``: default exact draws from P_{t_max} of the mixture (so t_max
     may also be chosen just above the window).
-    Returns {"branch_times" (B,), "phi" (B, K), "lo" (B, K), "hi" (B, K), "ends" (B, K)}.
+    Returns {"branch_times" (B,), "phi" (B, K), "lo" (B, K), "hi" (B, K), "ends" (B, K), "original" (N,) and
+    "clones" (B, N), the end labels of the originals and of their clones (for :func:`bootstrap_speciation_times`)}.
     """
     from classdiff.data.backward import (
         agreement_by_class,
@@ -424,7 +429,60 @@ def simulate_commitment(
     orig, clones = res.original["class"], res.clones["class"]
     phi, ends = agreement_by_class(orig, clones, mixture.n_classes)
     lo, hi = bootstrap_agreement(orig, clones, mixture.n_classes, n_boot=n_boot, seed=seed)
-    return {"branch_times": res.branch_times, "phi": phi, "lo": lo, "hi": hi, "ends": ends}
+    return {"branch_times": res.branch_times, "phi": phi, "lo": lo, "hi": hi, "ends": ends,
+            "original": np.asarray(orig), "clones": np.asarray(clones)}
+
+
+def bootstrap_speciation_times(
+    original: ArrayLike,
+    clones: ArrayLike,
+    branch_times: ArrayLike,
+    levels: ArrayLike,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> NDArray[np.float64]:
+    """Bootstrap draws of the simulated t_S,c, shape (n_boot, K) (``docs/speciation.md`` §5).
+
+    ``original`` (N,) and ``clones`` (B, N) are the end labels of a cloning run at ``branch_times`` (B,);
+    ``levels`` (K,) the commitment levels. Trajectories are resampled with replacement, jointly across branching
+    times and classes (one original serves them all), and each resample's phi_c(t) is read off by
+    :func:`read_speciation_times`, so differences between classes keep their correlation. Draws follow that
+    function's convention: +inf committed at the top branching time, nan never reached.
+    """
+    from classdiff.data.backward import agreement_by_class
+
+    a = np.asarray(original)
+    b = np.atleast_2d(np.asarray(clones))
+    lev = np.asarray(levels, dtype=np.float64)
+    k = lev.size
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x75E5]))
+    n = a.size
+    out = np.empty((n_boot, k))
+    for r in range(n_boot):
+        i = rng.integers(0, n, n)
+        phi, _ = agreement_by_class(a[i], b[:, i], k)
+        out[r] = read_speciation_times(branch_times, phi, lev)
+    return out
+
+
+def percentile_interval(draws: ArrayLike, level: float = 0.95) -> list[Time]:
+    """Percentile interval [lo, hi] of bootstrap draws of a time (+inf allowed; nan draws, never reached, are left
+    out); [NOT_REACHED, NOT_REACHED] when no draw reached the level."""
+    v = np.asarray(draws, dtype=np.float64).reshape(-1)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return [reached(np.nan), reached(np.nan)]
+    v = np.sort(v)
+    q = (1.0 - level) / 2.0  # order statistics, not interpolation: draws at +inf stay +inf
+    return [float(v[int(np.floor(q * (v.size - 1)))]), float(v[int(np.ceil((1.0 - q) * (v.size - 1)))])]
+
+
+def time_difference(a: float, b: float) -> float:
+    """a - b for speciation times: +inf when a is +inf and b finite (committed at start vs a finite time), nan when
+    either is nan (never reached) or both are infinite."""
+    if np.isnan(a) or np.isnan(b) or (np.isinf(a) and np.isinf(b)):
+        return float("nan")
+    return float(a - b)
 
 
 def simulate_collapse(
@@ -537,6 +595,29 @@ class SpeciationClass:
     t_speciation_relative_simulated: Time
     committed_at_start: bool
     n_ends: list[int]
+    t_speciation_simulated_interval: list[Time] = field(default_factory=list)
+    t_speciation_relative_simulated_interval: list[Time] = field(default_factory=list)
+
+
+@dataclass
+class MinorityDelay:
+    """How much later the minority speciates: delay = t_S(majority) - t_S(minority) in one threshold ``mode``.
+
+    > 0: the minority commits later in the backward process (at a smaller t). +inf: the majority is committed
+    at the start (its prior exceeds the absolute level) while the minority speciates at a finite time; nan:
+    undefined (a time not reached, or not computed: the relative mode has a closed form only for K = 2, where the
+    identity of ``docs/speciation.md`` §2 makes it exactly 0). ``simulated_interval``: 95% percentile bootstrap
+    interval of the simulated delay (trajectories resampled jointly, so the two times keep their correlation).
+    ``majority`` / ``minority``: the labels of the largest and smallest class.
+    """
+
+    mode: str
+    majority: int
+    minority: int
+    theory: float
+    closed_form: float
+    simulated: float
+    simulated_interval: list[Time]
 
 
 @dataclass
@@ -559,6 +640,7 @@ class SpeciationResult:
     t_end: float
     step: float
     curves: dict[str, list[Any]] = field(repr=False)
+    minority_delay: list[MinorityDelay] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """DESIGN.md keys: ``classes`` [{label, t_speciation_theory, t_speciation_simulated, ...}], the orders
@@ -568,7 +650,7 @@ class SpeciationResult:
         out[f"{key}_theory"] = self.speciation_order_theory
         out[f"{key}_simulated"] = self.speciation_order_simulated
         for name in ("t_half_log_lambda", "top_eigenvalue", "threshold", "threshold_mode", "n_trajectories",
-                     "n_steps", "backend", "dtype", "t_start", "t_end", "step", "curves"):
+                     "n_steps", "backend", "dtype", "t_start", "t_end", "step", "minority_delay", "curves"):
             out[name] = getattr(self, name)
         return out
 
@@ -608,6 +690,29 @@ def speciation_from_config(
     t_rel_sim = read_speciation_times(sim["branch_times"], sim["phi"], levels_rel)
     t_rel_th = read_speciation_times(theory.times, theory.phi, levels_rel)
     phi_at_branch = commitment_curves(mixture, sim["branch_times"])
+    n_boot = max(th.bootstrap, 1)
+    draws_abs = bootstrap_speciation_times(sim["original"], sim["clones"], sim["branch_times"], levels_abs,
+                                           n_boot, th.seed)
+    draws_rel = bootstrap_speciation_times(sim["original"], sim["clones"], sim["branch_times"], levels_rel,
+                                           n_boot, th.seed)
+    t_sim_raw = read_speciation_times(sim["branch_times"], sim["phi"], levels_abs)
+    w = mixture.weights
+    major, minor = int(np.argmax(w)), int(mixture.n_classes - 1 - np.argmin(w[::-1]))
+    if major == minor:  # all weights equal
+        major, minor = 0, mixture.n_classes - 1
+    delays = []
+    cf_abs = time_difference(theory.t_closed_form[major], theory.t_closed_form[minor])
+    cf_rel = 0.0 if mixture.n_classes == 2 else float("nan")  # K = 2: the identity of docs/speciation.md §2
+    for mode, th_t, cf, sim_t, draws in (
+        ("absolute", theory.t_theory, cf_abs, t_sim_raw, draws_abs),
+        ("relative", t_rel_th, cf_rel, t_rel_sim, draws_rel),
+    ):
+        boot = [time_difference(r[major], r[minor]) for r in draws]
+        delays.append(MinorityDelay(
+            mode=mode, majority=major, minority=minor, theory=time_difference(th_t[major], th_t[minor]),
+            closed_form=cf, simulated=time_difference(sim_t[major], sim_t[minor]),
+            simulated_interval=percentile_interval(boot),
+        ))
     classes = [
         SpeciationClass(
             label=c,
@@ -621,6 +726,8 @@ def speciation_from_config(
             t_speciation_relative_simulated=reached(t_rel_sim[c]),
             committed_at_start=bool(mixture.weights[c] >= levels_abs[c]),
             n_ends=sim["ends"][:, c].tolist(),
+            t_speciation_simulated_interval=percentile_interval(draws_abs[:, c]),
+            t_speciation_relative_simulated_interval=percentile_interval(draws_rel[:, c]),
         )
         for c in range(mixture.n_classes)
     ]
@@ -648,4 +755,5 @@ def speciation_from_config(
             "phi_hi": sim["hi"].tolist(),
             "theory_phi_at_branch": phi_at_branch.tolist(),
         },
+        minority_delay=delays,
     )

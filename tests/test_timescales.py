@@ -287,3 +287,51 @@ def test_rank_two_theta_solve_matches_the_dense_solve():
     scale = np.abs(mu_test).max()
     np.testing.assert_allclose(model.mu_test, mu_test, rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(model.mu_train, mu_train, rtol=0, atol=1e-10 * np.abs(mu_train).max())
+
+
+def test_order_agreement_scores_points_and_leaves_ties_and_missing_apart():
+    from classdiff.theory.phase import order_agreement
+
+    theory = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0], [1.0, 2.0], [1.0, 2.0]])
+    measured = np.array([[1.0, 3.0], [3.0, 1.0], [1.0, 1.05], [np.nan, 1.0], [5.0, 1.0]])
+    ag = order_agreement(theory, measured, tie=0.1)
+    assert (ag["agree"], ag["disagree"], ag["ties"], ag["unscored"]) == (1, 2, 1, 1)
+    assert ag["agrees"].tolist() == [True, False, False, False, False]
+    assert ag["is_tie"].tolist() == [False, False, True, False, False]
+
+
+def test_timescales_overlay_maps_theory_with_dynamics_points(tmp_path, capsys):
+    """--phase --overlay: the theory's order maps over (variance ratio x imbalance) and (centroid norm x imbalance),
+    the exact dynamics at the sampled points (the same configs), the agreement counts and the figure."""
+    import json
+
+    from classdiff.commands import cli
+    from classdiff.core.config import save_config
+    from classdiff.theory.phase import centroid_imbalance_diagram
+
+    cfg = Config().with_overrides(PHASE | {"mixture.dim": 30, "theory.phase_points": 3, "training.n_times": 40,
+                                           "training.tau_min": 0.1, "training.tau_max": 1e4,
+                                           "training.test_samples": 100, "training.score_samples": 4,
+                                           "training.n_batches": 2, "model.series_order": 4,
+                                           "mixture.geometry": "orthogonal"})
+    path = save_config(cfg, tmp_path / "c.toml")
+    out = tmp_path / "run"
+    assert cli.main(["timescales", str(path), "--out", str(out), "--phase", "--overlay", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "centroid_imbalance tau_mem: theory and dynamics agree on" in printed
+    res = json.loads((out / "results.json").read_text())
+    ov = res["phase_overlay"]["centroid_imbalance"]
+    assert np.array(ov["theory"]["tau_gen"]).shape == (3, 3, 2)
+    assert ov["rows"] == [0, 2] and ov["columns"] == [0, 1, 2]  # the sampled weights include balance
+    assert np.array(ov["dynamics"]["tau_gen"]).shape == (2, 3, 2)
+    ag = ov["agreement_tau_gen"]
+    assert ag["agree"] + ag["disagree"] + ag["ties"] + ag["unscored"] == 6
+    assert (out / "phase_overlay.png").is_file() and (out / "phase_overlay.pdf").is_file()
+    # the dynamics points are the theory's configs: the same diagram at the sampled values reproduces them
+    tau = np.asarray(res["tau"])
+    again = centroid_imbalance_diagram(cfg, np.asarray(ov["axis_values"])[ov["rows"]],
+                                       np.asarray(ov["weight_ratios"])[ov["columns"]], tau=tau, predictor="theory")
+    np.testing.assert_allclose(again["tau_gen"], np.asarray(ov["theory"]["tau_gen"])[np.ix_(ov["rows"], ov["columns"])],
+                               rtol=1e-10)
+    assert cli.main(["timescales", str(path), "--out", str(tmp_path / "bad"), "--overlay", "2"]) == 1
+    assert "--overlay = 2: needs --phase" in capsys.readouterr().err

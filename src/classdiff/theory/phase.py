@@ -35,7 +35,8 @@ from classdiff.theory.timescales import class_timescales
 if TYPE_CHECKING:
     from classdiff.core.config import Config
 
-__all__ = ["PREDICTORS", "capacity_diagram", "centroid_vs_variance", "reversal_boundary", "variance_imbalance_diagram"]
+__all__ = ["PREDICTORS", "capacity_diagram", "centroid_imbalance_diagram", "centroid_vs_variance", "order_agreement",
+           "reversal_boundary", "variance_imbalance_diagram"]
 
 Array = NDArray[np.float64]
 
@@ -118,6 +119,57 @@ def variance_imbalance_diagram(config: Config, variance_ratios: Sequence[float],
         "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
         "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
     }
+
+
+def centroid_imbalance_diagram(config: Config, centroid_norms: Sequence[float], weight_ratios: Sequence[float],
+                               tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
+    """Times over the centroid norm m of both classes (M,) x rho_1/rho_2 (R,) at the config's variances and geometry.
+
+    Returns ``tau_gen``, ``tau_mem`` (M, R, 2), ``learned_first``, ``memorized_first`` (M, R) (class index),
+    ``reversal_gen``, ``reversal_mem`` (M,) (rho_1/rho_2 where the order flips w.r.t. balance, nan if never).
+    """
+    _check_two_classes(config)
+    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
+    mm = np.asarray(centroid_norms, dtype=np.float64)
+    wr = np.asarray(weight_ratios, dtype=np.float64)
+    if not np.any(np.isclose(wr, 1.0)):
+        wr = np.sort(np.append(wr, 1.0))
+    gen = np.full((mm.size, wr.size, 2), np.nan)
+    mem = np.full_like(gen, np.nan)
+    for i, m in enumerate(mm):
+        for j, w in enumerate(wr):
+            rho1 = w / (1.0 + w)
+            cfg = config.with_overrides({"mixture.centroid_norms": [float(m), float(m)],
+                                         "mixture.weights": [rho1, 1.0 - rho1]})
+            gen[i, j], mem[i, j] = _times(cfg, tau, predictor)
+    lw = np.log(wr)
+    return {
+        "predictor": predictor, "centroid_norms": mm, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
+        "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2),
+        "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
+        "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
+    }
+
+
+def order_agreement(theory: Array, measured: Array, tie: float = 0.1) -> dict[str, Any]:
+    """Compare which of two classes comes first, point by point.
+
+    ``theory``, ``measured``: times (..., 2) on the same points. A measured point is a *tie* when its two times
+    differ by less than ``tie`` relative (|log(t_0/t_1)| < log(1 + tie)); ties are not scored. Returns ``agree``,
+    ``disagree``, ``ties``, ``unscored`` (a time missing or not finite) counts and the boolean arrays ``agrees``,
+    ``is_tie`` (...) for plotting.
+    """
+    th = np.asarray(theory, dtype=np.float64)
+    me = np.asarray(measured, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lt = np.log(th[..., 0] / th[..., 1])
+        lm = np.log(me[..., 0] / me[..., 1])
+    finite = np.isfinite(lt) & np.isfinite(lm)
+    is_tie = finite & (np.abs(lm) < np.log1p(tie))
+    scored = finite & ~is_tie
+    agrees = scored & (np.sign(lt) == np.sign(lm))
+    return {"agree": int(agrees.sum()), "disagree": int((scored & ~agrees).sum()), "ties": int(is_tie.sum()),
+            "unscored": int((~finite).sum()), "agrees": agrees, "is_tie": is_tie, "tie": tie}
 
 
 def capacity_diagram(config: Config, psi_p: Sequence[float], psi_n: Sequence[float],

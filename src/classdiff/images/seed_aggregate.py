@@ -1,0 +1,191 @@
+"""Per-class U-Net times over seeds, with confidence intervals, and orders only where the intervals separate.
+
+Input: run folders evaluated by :func:`classdiff.images.evaluation.evaluate_run` (``metrics/evaluation.json``),
+one per seed (``images.seed`` draws the training subset, the initialisation and the training noise). Per class
+and per seed it reads
+
+* ``tau_gen``: the step at which the test loss at the smallest loss time has fallen (``readoff``, as measured);
+* ``tau_mem``: the step at which the loss gap (test - train, offset by the first checkpoint's gap) opens;
+* ``tau_fmem``: the first step at which f_mem,c (nearest-neighbour attribution, d1/d2 below the threshold)
+  reaches ``fmem_level`` (log-linear interpolation between checkpoints); not reached when it never does;
+* the final f_mem,c, loss gap and production ratio (share of the samples the classifier puts in class c over the
+  class's share of the training data).
+
+Across seeds: times are summarised on the log scale (geometric mean over the seeds that reached the event, Student
+t interval of the log times, ``level`` coverage, at least 2 reached seeds); fractions by their mean and t
+interval. A class whose event was not reached in every seed carries ``n_reached < n_seeds`` and its interval
+covers only the reached seeds (``partial``). Orders come from :func:`classdiff.core.readoff.interval_order`:
+"not resolved" unless neighbouring intervals are disjoint. The theory's predicted orders (the first run's
+``theory`` section) are scored by :func:`classdiff.core.readoff.pairwise_agreement` on the resolved pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from classdiff.core.io import read_json
+from classdiff.core.readoff import ORDER_KEYS, crossing_time, interval_order, pairwise_agreement
+from classdiff.core.results import NOT_REACHED, decode, is_reached
+
+__all__ = ["TIME_KEYS", "aggregate_runs", "format_aggregate", "summarize_fractions", "summarize_times"]
+
+#: the per-class times aggregated, with their descriptions
+TIME_KEYS = {
+    "tau_gen": "step at which the class's test loss has fallen (generalization)",
+    "tau_mem": "step at which the class's loss gap opens (memorization in the loss)",
+    "tau_fmem": "step at which f_mem,c first reaches the level (memorization in the samples)",
+}
+
+
+def summarize_times(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
+    """Geometric mean and Student t interval (log scale) of the reached values; NOT_REACHED / nan left out.
+
+    Returns ``{"estimate", "interval": [lo, hi], "n_reached", "n_seeds", "partial"}``; ``estimate`` is
+    NOT_REACHED when no seed reached the event, the interval nan when fewer than 2 did.
+    """
+    reached = [float(v) for v in values if is_reached(v) and v is not None and math.isfinite(float(v))]
+    n = len(values)
+    out: dict[str, Any] = {"n_reached": len(reached), "n_seeds": n, "partial": 0 < len(reached) < n}
+    if not reached:
+        return out | {"estimate": NOT_REACHED, "interval": [math.nan, math.nan]}
+    logs = np.log(reached)
+    out["estimate"] = float(np.exp(logs.mean()))
+    if len(reached) < 2:
+        out["interval"] = [math.nan, math.nan]
+        return out
+    half = float(stats.t.ppf(0.5 + level / 2, len(reached) - 1) * logs.std(ddof=1) / math.sqrt(len(reached)))
+    out["interval"] = [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
+    return out
+
+
+def summarize_fractions(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
+    """Mean and Student t interval of the finite values (``{"estimate", "interval", "n"}``)."""
+    v = np.array([float(x) for x in values if x is not None and math.isfinite(float(x))])
+    if v.size == 0:
+        return {"estimate": math.nan, "interval": [math.nan, math.nan], "n": 0}
+    if v.size < 2:
+        return {"estimate": float(v.mean()), "interval": [math.nan, math.nan], "n": 1}
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return {"estimate": float(v.mean()), "interval": [float(v.mean() - half), float(v.mean() + half)], "n": int(v.size)}
+
+
+def _load(run: Path) -> dict[str, Any]:
+    path = Path(run) / "metrics" / "evaluation.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run 'classdiff evaluate {run}' (or train with --evaluate) first")
+    return decode(read_json(path))
+
+
+def _per_seed(ev: dict[str, Any], fmem_level: float) -> list[dict[str, Any]]:
+    steps = np.asarray(ev["steps"], dtype=np.float64)
+    fmem = np.array([[np.nan if c["f_mem"] is None else c["f_mem"] for c in r["classes"]]
+                     for r in ev["memorization"]])  # (checkpoints, K)
+    hist = np.asarray(ev["histogram_samples"], dtype=np.float64)
+    share = np.asarray(ev["histogram_data"], dtype=np.float64)
+    rows = []
+    for i, m in enumerate(ev["measured"]["classes"]):
+        curve = np.nan_to_num(fmem[:, i])
+        t = crossing_time(steps, curve, fmem_level) if steps.size >= 2 else np.array(np.nan)
+        rows.append({
+            "label": int(m["label"]), "count": int(m["count"]),
+            "tau_gen": m.get("tau_gen", math.nan), "tau_mem": m.get("tau_mem", math.nan),
+            "tau_fmem": NOT_REACHED if not np.isfinite(t) else float(t),
+            "f_mem_final": m.get("f_mem_final"), "f_mem_max": float(np.nanmax(fmem[:, i])) if fmem.size else math.nan,
+            "loss_gap_final": m.get("loss_gap_final"),
+            "production_ratio_final": float(hist[-1, i] / share[i]) if share[i] > 0 else math.nan,
+        })
+    return rows
+
+
+def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: float = 0.95) -> dict[str, Any]:
+    """Aggregate the evaluations of ``runs`` (one per seed) per class; see the module docstring.
+
+    Returns ``{"runs", "seeds", "classes": [{label, count, per_seed: [...], tau_gen/tau_mem/tau_fmem: summary,
+    f_mem_final/loss_gap_final/production_ratio_final: summary}], "orders": {key: interval_order},
+    "theory": {order key: labels} or None, "agreement": {key: pairwise_agreement}, "fmem_level", "level"}``.
+    """
+    if len(runs) < 1:
+        raise ValueError("runs: give at least one evaluated run folder")
+    if not 0 < fmem_level < 1:
+        raise ValueError(f"fmem_level = {fmem_level!r}: must lie in (0, 1)")
+    evals = [_load(Path(r)) for r in runs]
+    classes = [list(ev["classes"]) for ev in evals]
+    if any(c != classes[0] for c in classes):
+        raise ValueError(f"runs: the runs train different classes ({classes}); aggregate runs of one config")
+    per_seed = [_per_seed(ev, fmem_level) for ev in evals]
+    seeds = []
+    for r in runs:
+        try:
+            from classdiff.core.config import load_config
+
+            seeds.append(int(load_config(Path(r) / "config.toml").images.seed))
+        except (OSError, ValueError):
+            seeds.append(None)
+    out_classes = []
+    for i, label in enumerate(classes[0]):
+        rows = [ps[i] for ps in per_seed]
+        entry: dict[str, Any] = {"label": int(label), "counts": [r["count"] for r in rows], "per_seed": rows}
+        for key in TIME_KEYS:
+            entry[key] = summarize_times([r[key] for r in rows], level)
+        for key in ("f_mem_final", "f_mem_max", "loss_gap_final", "production_ratio_final"):
+            entry[key] = summarize_fractions([r[key] for r in rows], level)
+        out_classes.append(entry)
+    labels = [c["label"] for c in out_classes]
+    orders = {}
+    for key in TIME_KEYS:
+        vals = [c[key]["estimate"] if is_reached(c[key]["estimate"]) else math.nan for c in out_classes]
+        order = interval_order(vals, [c[key]["interval"] for c in out_classes], labels)
+        missing = [lab for lab in labels if lab not in order["sorted"]]
+        if missing:  # a class without an interval (reached in < 2 seeds) cannot be placed: no order is claimed
+            order = order | {"order": "not resolved", "resolved": False, "without_interval": missing}
+        orders[key] = order
+    theory = evals[0].get("theory") or {}
+    predicted = None
+    agreement = {}
+    if theory.get("available"):
+        predicted = {"tau_gen": theory.get(ORDER_KEYS["tau_gen"]), "tau_mem": theory.get(ORDER_KEYS["tau_mem"])}
+        for key, pred_key in (("tau_gen", "tau_gen"), ("tau_mem", "tau_mem"), ("tau_fmem", "tau_mem")):
+            if predicted[pred_key] is not None:
+                agreement[key] = pairwise_agreement(orders[key], predicted[pred_key])
+    return {"runs": [str(r) for r in runs], "seeds": seeds, "classes": out_classes, "orders": orders,
+            "theory": predicted, "agreement": agreement, "fmem_level": fmem_level, "level": level,
+            "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds"}}
+
+
+def format_aggregate(result: dict[str, Any]) -> str:
+    """Text table: per class, each time's estimate [interval] (reached/seeds), final f_mem and production ratio;
+    then the orders and the theory's agreement."""
+    from classdiff.core.results import format_value
+
+    def iv(s: dict[str, Any], spec: str) -> str:
+        lo, hi = (format_value(v, spec) for v in s["interval"])
+        return f"{format_value(s['estimate'], spec)} [{lo}, {hi}]"
+
+    lines = [f"{len(result['runs'])} runs (seeds {result['seeds']}); intervals {result['definitions']['intervals']}"]
+    for c in result["classes"]:
+        lines.append(f"class {c['label']} (n_c = {c['counts']}):")
+        for key in TIME_KEYS:
+            s = c[key]
+            lines.append(f"  {key:<9} {iv(s, '.4g')}  ({s['n_reached']}/{s['n_seeds']} seeds reached)")
+        lines.append(f"  f_mem final {iv(c['f_mem_final'], '.3f')}, max {iv(c['f_mem_max'], '.3f')}; production ratio "
+                     f"{iv(c['production_ratio_final'], '.2f')}; loss gap final {iv(c['loss_gap_final'], '.3f')}")
+    for key, o in result["orders"].items():
+        if o["resolved"]:
+            text = str(o["order"])
+        elif o.get("without_interval"):
+            text = f"not resolved (no interval for classes {o['without_interval']}: reached in fewer than 2 seeds)"
+        else:
+            text = f"not resolved (point estimates {o['sorted']}, overlapping {o['ties']})"
+        lines.append(f"measured order by {key}: {text}")
+    if result["theory"]:
+        lines.append(f"theory's predicted order: generalization {result['theory']['tau_gen']}, memorization "
+                     f"{result['theory']['tau_mem']}")
+        for key, ag in result["agreement"].items():
+            lines.append(f"  agreement with {key}: {ag['agree']} of {ag['pairs']} resolved pairs")
+    return "\n".join(lines)

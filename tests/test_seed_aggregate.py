@@ -1,0 +1,95 @@
+"""Per-class U-Net times over seeds (images.seed_aggregate, classdiff seeds) on evaluation files written here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from classdiff.commands import cli
+from classdiff.core.io import write_json_atomic
+from classdiff.core.results import NOT_REACHED, encode
+from classdiff.images.seed_aggregate import aggregate_runs, summarize_times
+
+
+def fake_run(folder, seed, tau_mem, fmem_curves, hist_final, theory_order=(8, 1)):
+    """A run folder holding only what the aggregation reads: config.toml (the seed) and metrics/evaluation.json
+    with two classes (8: 24 images, 1: 8 images) at checkpoints 1, 10, 100, 1000."""
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(f"[images]\nclasses = [8, 1]\ncounts = [24, 8]\nseed = {seed}\n")
+    steps = [1, 10, 100, 1000]
+    memorization = [{"classes": [{"label": 8, "f_mem": float(fmem_curves[0][j])},
+                                 {"label": 1, "f_mem": float(fmem_curves[1][j])}]} for j in range(4)]
+    ev = {
+        "classes": [8, 1], "steps": steps, "memorization": memorization,
+        "histogram_samples": [[0.5, 0.5]] * 3 + [hist_final], "histogram_data": [0.75, 0.25],
+        "measured": {"classes": [
+            {"label": 8, "count": 24, "tau_gen": 20.0, "tau_mem": tau_mem[0], "f_mem_final": float(fmem_curves[0][-1]),
+             "loss_gap_final": 0.3},
+            {"label": 1, "count": 8, "tau_gen": 30.0, "tau_mem": tau_mem[1], "f_mem_final": float(fmem_curves[1][-1]),
+             "loss_gap_final": 0.2}]},
+        "theory": {"available": True, "generalization_order": list(theory_order),
+                   "memorization_order": list(theory_order)},
+    }
+    write_json_atomic(folder / "metrics" / "evaluation.json", encode(ev))
+    return folder
+
+
+def test_summaries_are_log_t_intervals_and_keep_not_reached_apart():
+    s = summarize_times([100.0, 200.0, 400.0])
+    logs = np.log([100.0, 200.0, 400.0])
+    half = 4.302652729911275 * logs.std(ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert s["estimate"] == pytest.approx(200.0)
+    assert s["interval"] == pytest.approx([math.exp(logs.mean() - half), math.exp(logs.mean() + half)])
+    part = summarize_times([100.0, NOT_REACHED, 300.0])
+    assert part["n_reached"] == 2 and part["partial"] and np.isfinite(part["interval"]).all()
+    none = summarize_times([NOT_REACHED, NOT_REACHED])
+    assert none["estimate"] is NOT_REACHED and none["n_reached"] == 0
+
+
+def test_orders_are_reported_only_where_the_seed_intervals_separate(tmp_path):
+    fm_major = [0.0, 0.0, 0.2, 0.6]  # crosses 0.1 between steps 10 and 100
+    fm_minor = [0.0, 0.0, 0.0, 0.05]  # never reaches 0.1
+    runs = [fake_run(tmp_path / f"s{s}", s, (m0, m1), (fm_major, fm_minor), [0.9, 0.1])
+            for s, (m0, m1) in enumerate([(100.0, 1000.0), (120.0, 1100.0), (90.0, 900.0)])]
+    res = aggregate_runs(runs, fmem_level=0.1)
+    assert res["seeds"] == [0, 1, 2]
+    c8, c1 = res["classes"]
+    assert c8["tau_mem"]["estimate"] == pytest.approx((100 * 120 * 90) ** (1 / 3))
+    # log-linear interpolation of f_mem between steps 10 (0.0) and 100 (0.2) at level 0.1: step sqrt(10 * 100)
+    assert c8["tau_fmem"]["estimate"] == pytest.approx(math.sqrt(1000.0))
+    assert c1["tau_fmem"]["estimate"] is NOT_REACHED and c1["tau_fmem"]["n_reached"] == 0
+    assert res["orders"]["tau_mem"]["order"] == [8, 1]  # 90-120 vs 900-1100: separated
+    assert res["orders"]["tau_gen"]["order"] == [8, 1]  # 20 vs 30 in every seed: zero-width, disjoint intervals
+    assert c1["production_ratio_final"]["estimate"] == pytest.approx(0.4)  # 0.1 of the samples for 0.25 of the data
+    assert res["agreement"]["tau_mem"] == {"pairs": 1, "agree": 1, "fraction": 1.0, "disagreeing": []}
+    # overlapping intervals: not resolved, and no agreement is claimed
+    runs2 = [fake_run(tmp_path / f"t{s}", s, (m0, m1), (fm_major, fm_minor), [0.9, 0.1], theory_order=(1, 8))
+             for s, (m0, m1) in enumerate([(100.0, 90.0), (300.0, 400.0), (90.0, 200.0)])]
+    res2 = aggregate_runs(runs2)
+    assert res2["orders"]["tau_mem"]["order"] == "not resolved" and res2["agreement"]["tau_mem"]["pairs"] == 0
+
+
+def test_seeds_command_writes_figure_and_json_and_names_missing_evaluations(tmp_path, capsys):
+    runs = [fake_run(tmp_path / f"s{s}", s, (100.0 + s, 1000.0 + s), ([0, 0, 0.2, 0.6], [0, 0, 0, 0.05]), [0.9, 0.1])
+            for s in range(3)]
+    out = tmp_path / "all"
+    assert cli.main(["seeds", *map(str, runs), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "measured order by tau_mem: [8, 1]" in text and "tau_fmem" in text and "0/3 seeds reached" in text
+    data = json.loads((out / "results.json").read_text())
+    assert data["classes"][1]["tau_fmem"]["estimate"] == "not reached"
+    assert (out / "seeds.png").stat().st_size > 0 and (out / "seeds.pdf").stat().st_size > 0
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["seeds", str(tmp_path / "empty"), "--out", str(tmp_path / "bad")]) == 1
+    assert "evaluation.json: missing; run 'classdiff evaluate" in capsys.readouterr().err
+
+
+def test_one_seed_claims_no_order(tmp_path):
+    run = fake_run(tmp_path / "s0", 0, (100.0, 1000.0), ([0, 0, 0.2, 0.6], [0, 0, 0, 0.5]), [0.9, 0.1])
+    res = aggregate_runs([run])
+    for key in ("tau_gen", "tau_mem", "tau_fmem"):
+        assert res["orders"][key]["order"] == "not resolved" and res["orders"][key]["without_interval"] == [8, 1]
+    assert res["agreement"]["tau_mem"]["pairs"] == 0

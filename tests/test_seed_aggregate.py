@@ -93,3 +93,49 @@ def test_one_seed_claims_no_order(tmp_path):
     for key in ("tau_gen", "tau_mem", "tau_fmem"):
         assert res["orders"][key]["order"] == "not resolved" and res["orders"][key]["without_interval"] == [8, 1]
     assert res["agreement"]["tau_mem"]["pairs"] == 0
+
+
+def _add_cloning(run, t_unet, t_theory=(1.2, 0.9), share=(0.8, 0.2)):
+    """cloning/results.json as 'classdiff cloning' writes it (only the fields the aggregation reads)."""
+    classes = [{"label": lab, "t_speciation_unet": t_unet[i], "t_speciation_theory": t_theory[i],
+                "sample_share": share[i]} for i, lab in enumerate((8, 1))]
+    write_json_atomic(run / "cloning" / "results.json",
+                      encode({"classes": classes, "speciation_order_theory": [8, 1]}))
+
+
+def test_speciation_over_seeds_and_the_comparison_table(tmp_path, capsys):
+    runs = []
+    for s, (t8, t1) in enumerate([(1.5, 0.6), (1.4, 0.7), (float("inf"), 0.65), (1.6, 0.62)]):
+        run = fake_run(tmp_path / f"s{s}", s, (100.0, 1000.0), ([0, 0, 0.2, 0.6], [0, 0, 0, 0.5]), [0.9, 0.1])
+        ev = json.loads((run / "metrics" / "evaluation.json").read_text())
+        ev["theory"]["classes"] = [{"label": 8, "tau_gen": 5.0 + s, "tau_mem": 50.0}, {"label": 1, "tau_gen": 7.0,
+                                                                                     "tau_mem": 80.0}]
+        write_json_atomic(run / "metrics" / "evaluation.json", ev)
+        _add_cloning(run, (t8, t1))
+        runs.append(run)
+    res = aggregate_runs(runs)
+    c8, c1 = res["classes"]
+    assert c8["t_speciation"]["n_reached"] == 3 and c8["t_speciation"]["n_inf"] == 1  # +inf counted apart
+    assert c8["t_speciation"]["estimate"] == pytest.approx((1.5 * 1.4 * 1.6) ** (1 / 3))
+    assert res["orders"]["t_speciation"]["order"] == [8, 1]  # the larger t commits first (descending)
+    assert res["agreement"]["t_speciation"]["agree"] == 1
+    assert c1["theory"]["tau_gen"]["estimate"] == pytest.approx(7.0)
+    assert c8["theory"]["tau_gen"]["estimate"] == pytest.approx((5 * 6 * 7 * 8) ** 0.25)
+    # the table: a 'classdiff dynamics --data' result on the same classes, RF point values, agreement by rank
+    rf = tmp_path / "rf"
+    write_json_atomic(rf / "results.json", encode({"labels": [8, 1], "classes": [
+        {"tau_gen": 3.0, "tau_mem": 40.0}, {"tau_gen": 2.0, "tau_mem": NOT_REACHED}]}))
+    out = tmp_path / "table"
+    assert cli.main(["seeds", *map(str, runs), "--rf", str(rf), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "covariance-aware theory: not computed" in text
+    data = json.loads((out / "results.json").read_text())
+    table = data["table"]
+    assert table["orders"]["rf_real_pixels"]["tau_gen"] == [1, 8]
+    assert table["agreement"]["rf_real_pixels"]["tau_gen"]["agree"] == 0  # theory said [8, 1]
+    assert table["orders"]["rf_real_pixels"]["tau_mem"] == [8, 1]  # not reached last
+    row8 = table["classes"][0]
+    assert row8["predicted"]["covariance_aware"]["tau_mem"]["estimate"] == "nan"
+    assert row8["measured"]["rf_real_pixels"]["tau_gen"]["estimate"] == 3.0
+    assert (out / "comparison.png").is_file()
+    assert cli.main(["seeds", *map(str, runs), "--rf", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 1

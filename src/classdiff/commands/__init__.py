@@ -6,5 +6,5 @@ hyphens as underscores); the sweepable ones are :data:`classdiff.core.config.SWE
 
 COMMANDS: tuple[str, ...] = (
     "demo", "spectrum", "dynamics", "timescales", "speciation", "speciation-map", "train", "evaluate", "sweep",
-    "report", "audit", "generate", "memorization", "seeds",
+    "report", "audit", "generate", "memorization", "seeds", "cloning",
 )

@@ -15,6 +15,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fmem-level", type=float, default=0.1,
                         help="f_mem,c level whose first crossing step is tau_fmem (default 0.1)")
     parser.add_argument("--level", type=float, default=0.95, help="interval coverage (default 0.95)")
+    parser.add_argument("--rf", type=Path, default=None,
+                        help="a 'classdiff dynamics --data' run folder on the same classes (RF on the real pixels), "
+                             "added to the predicted-vs-measured table")
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -28,6 +31,21 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     result = aggregate_runs(args.runs, fmem_level=args.fmem_level, level=args.level)
     print(format_aggregate(result))
     plot_seeds(result, out / "seeds")
+    rf = None
+    if args.rf is not None:
+        from classdiff.core.io import read_json
+        from classdiff.core.results import decode
+
+        path = args.rf / "results.json" if args.rf.is_dir() else args.rf
+        if not path.is_file():
+            raise FileNotFoundError(f"--rf {args.rf}: no results.json; run 'classdiff dynamics --data ...' first")
+        rf = decode(read_json(path))
+    from classdiff.images.comparison import comparison_table, format_comparison_table, plot_comparison_table
+
+    result["table"] = comparison_table(result, rf)
+    print()
+    print(format_comparison_table(result["table"]))
+    plot_comparison_table(result["table"], out / "comparison")
     return result
 
 

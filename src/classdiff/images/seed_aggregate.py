@@ -17,6 +17,11 @@ interval. A class whose event was not reached in every seed carries ``n_reached 
 covers only the reached seeds (``partial``). Orders come from :func:`classdiff.core.readoff.interval_order`:
 "not resolved" unless neighbouring intervals are disjoint. The theory's predicted orders (the first run's
 ``theory`` section) are scored by :func:`classdiff.core.readoff.pairwise_agreement` on the resolved pairs.
+
+Speciation: a run folder that holds ``cloning/results.json`` (``classdiff cloning RUN --out RUN/cloning``) adds per
+class the U-Net's cloning time t_S,c (absolute level; OU time, larger = earlier in the backward process) and the
+theory's t_S,c for the run's Gaussian surrogate, summarised over seeds the same way (+inf, committed at the first
+branching, counted apart in ``n_inf``), with the order "first to commit first" (descending t) and its agreement.
 """
 
 from __future__ import annotations
@@ -103,6 +108,19 @@ def _per_seed(ev: dict[str, Any], fmem_level: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _load_cloning(run: Path) -> dict[str, Any] | None:
+    path = run / "cloning" / "results.json"
+    return decode(read_json(path)) if path.is_file() else None
+
+
+def _theory_class(ev: dict[str, Any], label: int) -> dict[str, Any]:
+    """The theory's per-class entry of one evaluation ({} when the theory was not available)."""
+    th = ev.get("theory") or {}
+    if not th.get("available"):
+        return {}
+    return next((c for c in th.get("classes", []) if int(c["label"]) == label), {})
+
+
 def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: float = 0.95) -> dict[str, Any]:
     """Aggregate the evaluations of ``runs`` (one per seed) per class; see the module docstring.
 
@@ -119,6 +137,7 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
     if any(c != classes[0] for c in classes):
         raise ValueError(f"runs: the runs train different classes ({classes}); aggregate runs of one config")
     per_seed = [_per_seed(ev, fmem_level) for ev in evals]
+    cloning = [_load_cloning(Path(r)) for r in runs]
     seeds = []
     for r in runs:
         try:
@@ -135,6 +154,18 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
             entry[key] = summarize_times([r[key] for r in rows], level)
         for key in ("f_mem_final", "f_mem_max", "loss_gap_final", "production_ratio_final"):
             entry[key] = summarize_fractions([r[key] for r in rows], level)
+        theory_rows = [_theory_class(ev, int(label)) for ev in evals]
+        entry["theory"] = {key: summarize_times([t.get(key, math.nan) for t in theory_rows], level)
+                           for key in ("tau_gen", "tau_mem")}
+        clone_rows = [next((c for c in cl["classes"] if int(c["label"]) == int(label)), None)
+                      for cl in cloning if cl is not None]
+        if clone_rows:
+            for key, src in (("t_speciation", "t_speciation_unet"), ("t_speciation_theory", "t_speciation_theory")):
+                vals = [decode(c[src]) for c in clone_rows if c is not None]
+                entry[key] = summarize_times(vals, level) | {
+                    "n_inf": sum(1 for v in vals if is_reached(v) and math.isinf(float(v)))}
+            entry["sample_share_cloning"] = summarize_fractions([c["sample_share"] for c in clone_rows
+                                                                 if c is not None], level)
         out_classes.append(entry)
     labels = [c["label"] for c in out_classes]
     orders = {}
@@ -153,6 +184,18 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         for key, pred_key in (("tau_gen", "tau_gen"), ("tau_mem", "tau_mem"), ("tau_fmem", "tau_mem")):
             if predicted[pred_key] is not None:
                 agreement[key] = pairwise_agreement(orders[key], predicted[pred_key])
+    if all("t_speciation" in c for c in out_classes):
+        vals = [c["t_speciation"]["estimate"] if is_reached(c["t_speciation"]["estimate"]) else math.nan
+                for c in out_classes]
+        order = interval_order(vals, [c["t_speciation"]["interval"] for c in out_classes], labels, descending=True)
+        missing = [lab for lab in labels if lab not in order["sorted"]]
+        if missing:
+            order = order | {"order": "not resolved", "resolved": False, "without_interval": missing}
+        orders["t_speciation"] = order
+        first = next(cl for cl in cloning if cl is not None)
+        predicted = (predicted or {}) | {"t_speciation": first.get("speciation_order_theory")}
+        if predicted["t_speciation"] is not None:
+            agreement["t_speciation"] = pairwise_agreement(order, predicted["t_speciation"])
     return {"runs": [str(r) for r in runs], "seeds": seeds, "classes": out_classes, "orders": orders,
             "theory": predicted, "agreement": agreement, "fmem_level": fmem_level, "level": level,
             "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds"}}
@@ -173,6 +216,10 @@ def format_aggregate(result: dict[str, Any]) -> str:
         for key in TIME_KEYS:
             s = c[key]
             lines.append(f"  {key:<9} {iv(s, '.4g')}  ({s['n_reached']}/{s['n_seeds']} seeds reached)")
+        if "t_speciation" in c:
+            s = c["t_speciation"]
+            lines.append(f"  t_S U-Net {iv(s, '.3f')}  ({s['n_reached']} finite, {s['n_inf']} inf of {s['n_seeds']});"
+                         f" theory (surrogate) {iv(c['t_speciation_theory'], '.3f')}")
         lines.append(f"  f_mem final {iv(c['f_mem_final'], '.3f')}, max {iv(c['f_mem_max'], '.3f')}; production ratio "
                      f"{iv(c['production_ratio_final'], '.2f')}; loss gap final {iv(c['loss_gap_final'], '.3f')}")
     for key, o in result["orders"].items():
@@ -184,8 +231,9 @@ def format_aggregate(result: dict[str, Any]) -> str:
             text = f"not resolved (point estimates {o['sorted']}, overlapping {o['ties']})"
         lines.append(f"measured order by {key}: {text}")
     if result["theory"]:
-        lines.append(f"theory's predicted order: generalization {result['theory']['tau_gen']}, memorization "
-                     f"{result['theory']['tau_mem']}")
+        th = result["theory"]
+        lines.append(f"theory's predicted order: generalization {th.get('tau_gen', '-')}, memorization "
+                     f"{th.get('tau_mem', '-')}, speciation {th.get('t_speciation', '-')}")
         for key, ag in result["agreement"].items():
             lines.append(f"  agreement with {key}: {ag['agree']} of {ag['pairs']} resolved pairs")
     return "\n".join(lines)

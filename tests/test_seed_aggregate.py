@@ -64,6 +64,8 @@ def test_orders_are_reported_only_where_the_seed_intervals_separate(tmp_path):
     assert res["orders"]["tau_mem"]["order"] == [8, 1]  # 90-120 vs 900-1100: separated
     assert res["orders"]["tau_gen"]["order"] == [8, 1]  # 20 vs 30 in every seed: zero-width, disjoint intervals
     assert c1["production_ratio_final"]["estimate"] == pytest.approx(0.4)  # 0.1 of the samples for 0.25 of the data
+    curve = c1["production_ratio_by_step"]
+    assert curve["steps"] == [1, 10, 100, 1000] and curve["estimate"] == pytest.approx([2.0, 2.0, 2.0, 0.4])
     assert res["agreement"]["tau_mem"] == {"pairs": 1, "agree": 1, "fraction": 1.0, "disagreeing": []}
     # overlapping intervals: not resolved, and no agreement is claimed
     runs2 = [fake_run(tmp_path / f"t{s}", s, (m0, m1), (fm_major, fm_minor), [0.9, 0.1], theory_order=(1, 8))

@@ -63,8 +63,25 @@ def plot_seeds(result: dict[str, Any], stem: Path) -> None:
     from classdiff.images.seed_aggregate import TIME_KEYS
 
     keys = list(TIME_KEYS)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.8), squeeze=False)
+    ax = axes[0][-1]
+    for i, c in enumerate(result["classes"]):
+        curve = c.get("production_ratio_by_step")
+        if not curve:
+            continue
+        x, est = np.asarray(curve["steps"], dtype=float), np.asarray(curve["estimate"], dtype=float)
+        iv = np.asarray(curve["interval"], dtype=float)
+        ax.plot(x, est, "o-", ms=3, color=f"C{i}", label=f"class {c['label']}")
+        ok = np.isfinite(iv).all(axis=1)
+        ax.fill_between(x[ok], iv[ok, 0], iv[ok, 1], color=f"C{i}", alpha=0.2)
+    ax.axhline(1.0, color="0.5", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share of samples / share of data")
+    ax.set_title("production ratio (classifier), mean and t interval", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    for ax, key in zip(axes[0][:-1], keys, strict=True):
         top = 1.0
         for i, c in enumerate(result["classes"]):
             vals = [r[key] for r in c["per_seed"]]

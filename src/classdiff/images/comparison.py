@@ -118,6 +118,8 @@ def _cell(s: dict[str, Any] | None, spec: str) -> str:
 
 def format_comparison_table(table: dict[str, Any]) -> str:
     """The table as text: one block of rows per class, then orders and agreement."""
+    from classdiff.images.seed_aggregate import order_text
+
     lines = ["predicted vs measured per class (theory tau and RF tau in RF time; U-Net tau in steps; t_S in OU time)"]
     head = f"{'class':>6} {'quantity':<13} {'isotropic theory':>22} {'cov-aware':>10} {'RF pixels':>10} {'U-Net':>26}"
     lines.append(head)
@@ -135,7 +137,7 @@ def format_comparison_table(table: dict[str, Any]) -> str:
     for source, orders in table["orders"].items():
         for key, o in orders.items():
             if isinstance(o, dict):
-                text = str(o["order"]) if o["resolved"] else f"not resolved (point estimates {o['sorted']})"
+                text = order_text(o)
             else:
                 text = str(o) if o is not None else "-"
             ag = table["agreement"].get(source, {}).get(key)
@@ -187,7 +189,8 @@ def plot_comparison_table(table: dict[str, Any], stem) -> None:
         ax.set_xticklabels([f"class {r['label']}" for r in table["classes"]])
         ax.set_title(key + (" (theory: tau_mem)" if key == "tau_fmem" else ""), fontsize=9)
         ax.set_ylabel("value / geometric mean over classes")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle("predicted vs measured per class (each source normalised; bars: 95% intervals over seeds)",
                  fontsize=9)
     fig.tight_layout()

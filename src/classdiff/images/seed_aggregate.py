@@ -38,7 +38,7 @@ from classdiff.core.io import read_json
 from classdiff.core.readoff import ORDER_KEYS, crossing_time, interval_order, pairwise_agreement
 from classdiff.core.results import NOT_REACHED, decode, is_reached
 
-__all__ = ["TIME_KEYS", "aggregate_runs", "format_aggregate", "summarize_fractions", "summarize_times"]
+__all__ = ["TIME_KEYS", "aggregate_runs", "format_aggregate", "order_text", "summarize_fractions", "summarize_times"]
 
 #: the per-class times aggregated, with their descriptions
 TIME_KEYS = {
@@ -108,6 +108,22 @@ def _per_seed(ev: dict[str, Any], fmem_level: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _production_curve(evals: Sequence[dict[str, Any]], i: int, level: float) -> dict[str, Any] | None:
+    """Class i's production ratio (sample share / data share) at every checkpoint, mean and t interval over the
+    seeds; None when the runs' checkpoint steps differ."""
+    steps = [list(ev["steps"]) for ev in evals]
+    if any(st != steps[0] for st in steps):
+        return None
+    ratios = []
+    for ev in evals:
+        hist = np.asarray(ev["histogram_samples"], dtype=np.float64)[:, i]
+        share = float(np.asarray(ev["histogram_data"], dtype=np.float64)[i])
+        ratios.append(hist / share if share > 0 else np.full(hist.shape, np.nan))
+    r = np.stack(ratios)  # (seeds, checkpoints)
+    rows = [summarize_fractions(list(r[:, j]), level) for j in range(r.shape[1])]
+    return {"steps": steps[0], "estimate": [x["estimate"] for x in rows], "interval": [x["interval"] for x in rows]}
+
+
 def _load_cloning(run: Path) -> dict[str, Any] | None:
     path = run / "cloning" / "results.json"
     return decode(read_json(path)) if path.is_file() else None
@@ -166,6 +182,7 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
                     "n_inf": sum(1 for v in vals if is_reached(v) and math.isinf(float(v)))}
             entry["sample_share_cloning"] = summarize_fractions([c["sample_share"] for c in clone_rows
                                                                  if c is not None], level)
+        entry["production_ratio_by_step"] = _production_curve(evals, i, level)
         out_classes.append(entry)
     labels = [c["label"] for c in out_classes]
     orders = {}
@@ -201,6 +218,15 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
             "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds"}}
 
 
+def order_text(o: dict[str, Any]) -> str:
+    """An :func:`interval_order` result in words: the order, or why it is not resolved."""
+    if o["resolved"]:
+        return str(o["order"])
+    if o.get("without_interval"):
+        return f"not resolved (no interval for classes {o['without_interval']}: reached in fewer than 2 seeds)"
+    return f"not resolved (point estimates {o['sorted']}, overlapping {o['ties']})"
+
+
 def format_aggregate(result: dict[str, Any]) -> str:
     """Text table: per class, each time's estimate [interval] (reached/seeds), final f_mem and production ratio;
     then the orders and the theory's agreement."""
@@ -223,13 +249,7 @@ def format_aggregate(result: dict[str, Any]) -> str:
         lines.append(f"  f_mem final {iv(c['f_mem_final'], '.3f')}, max {iv(c['f_mem_max'], '.3f')}; production ratio "
                      f"{iv(c['production_ratio_final'], '.2f')}; loss gap final {iv(c['loss_gap_final'], '.3f')}")
     for key, o in result["orders"].items():
-        if o["resolved"]:
-            text = str(o["order"])
-        elif o.get("without_interval"):
-            text = f"not resolved (no interval for classes {o['without_interval']}: reached in fewer than 2 seeds)"
-        else:
-            text = f"not resolved (point estimates {o['sorted']}, overlapping {o['ties']})"
-        lines.append(f"measured order by {key}: {text}")
+        lines.append(f"measured order by {key}: {order_text(o)}")
     if result["theory"]:
         th = result["theory"]
         lines.append(f"theory's predicted order: generalization {th.get('tau_gen', '-')}, memorization "

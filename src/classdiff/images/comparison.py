@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from classdiff.core.readoff import ORDER_KEYS, class_order
+from classdiff.core.readoff import ORDER_KEYS, class_order, pairwise_agreement
 from classdiff.core.results import is_reached, reached
 
 __all__ = ["COVARIANCE_AWARE_REASON", "comparison_table", "format_comparison_table", "plot_comparison_table"]
@@ -40,21 +40,11 @@ def _point(v: Any) -> dict[str, Any]:
 
 
 def _rank_agreement(measured_order: list[int], predicted: list[int] | None) -> dict[str, Any]:
+    """:func:`pairwise_agreement` for a point-valued order: every pair counts (distinct ranks never overlap)."""
     if not predicted:
         return {"pairs": 0, "agree": 0, "fraction": math.nan, "disagreeing": [], "rule": "point"}
-    rank = {lab: i for i, lab in enumerate(predicted)}
-    pairs = agree = 0
-    bad = []
-    for i, a in enumerate(measured_order):
-        for b in measured_order[i + 1:]:
-            if a in rank and b in rank:
-                pairs += 1
-                if rank[a] < rank[b]:
-                    agree += 1
-                else:
-                    bad.append([a, b])
-    return {"pairs": pairs, "agree": agree, "fraction": agree / pairs if pairs else math.nan, "disagreeing": bad,
-            "rule": "point"}
+    ranks = {lab: [float(i), float(i)] for i, lab in enumerate(measured_order)}
+    return pairwise_agreement({"sorted": measured_order, "intervals": ranks}, predicted) | {"rule": "point"}
 
 
 def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None) -> dict[str, Any]:

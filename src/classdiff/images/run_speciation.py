@@ -21,19 +21,17 @@ from classdiff.core.results import reached
 __all__ = ["speciation_of_run"]
 
 
-def _times_with_intervals(original, clones, branch_times, levels, n_boot: int, seed: int) -> tuple[list, list]:
-    from classdiff.data.backward import agreement_by_class
+def _times_with_intervals(phi, original, clones, branch_times, levels, n_boot: int, seed: int) -> tuple[list, list]:
+    """Per-class t_S read off ``phi`` (B, K) at ``levels`` (K,), and their percentile-bootstrap intervals."""
     from classdiff.theory.speciation import (
         bootstrap_speciation_times,
         percentile_interval,
         read_speciation_times,
     )
 
-    k = len(levels)
-    phi, _ = agreement_by_class(original, clones, k)
     point = [reached(v) for v in read_speciation_times(branch_times, phi, levels)]
     draws = bootstrap_speciation_times(original, clones, branch_times, levels, n_boot, seed)
-    return point, [percentile_interval(draws[:, c]) for c in range(k)]
+    return point, [percentile_interval(draws[:, c]) for c in range(len(levels))]
 
 
 def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler_steps: int = 20,
@@ -93,8 +91,8 @@ def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler
     lo, hi = bootstrap_agreement(orig, clones, k, n_boot=max(n_boot, 1), seed=seed)
     lev_abs = commitment_levels(share, threshold, "absolute")
     lev_rel = commitment_levels(share, threshold, "relative")
-    t_abs, i_abs = _times_with_intervals(orig, clones, bt, lev_abs, max(n_boot, 1), seed)
-    t_rel, i_rel = _times_with_intervals(orig, clones, bt, lev_rel, max(n_boot, 1), seed)
+    t_abs, i_abs = _times_with_intervals(phi, orig, clones, bt, lev_abs, max(n_boot, 1), seed)
+    t_rel, i_rel = _times_with_intervals(phi, orig, clones, bt, lev_rel, max(n_boot, 1), seed)
 
     x_train = to_model_space(data.train_images[loaded["indices"]]).reshape(len(loaded["indices"]), -1)
     mixture = GaussianMixture.fit(x_train.astype(np.float64), loaded["labels"], labels=classes)

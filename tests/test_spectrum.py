@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.integrate import cumulative_trapezoid
 from scipy.linalg import eigh
 
 from classdiff.core.config import Config
@@ -17,7 +16,7 @@ from classdiff.rf.features import equivalence_constants
 from classdiff.rf.sampled_spectrum import sample_ge_covariance, sample_true_covariance
 from classdiff.theory.equations import feature_types, resolvent_parts
 from classdiff.theory.solver import solve_points
-from classdiff.theory.spectrum import FeatureSpectrum, spectrum_from_config
+from classdiff.theory.spectrum import FeatureSpectrum, spectrum_from_config, wasserstein_over_width
 
 BASE = {"mixture.dim": 300, "model.psi_p": 2.0, "model.psi_n": 1.5, "model.time": 0.1, "theory.n_lambda": 400,
         "theory.n_scan": 250}
@@ -25,18 +24,6 @@ BASE = {"mixture.dim": 300, "model.psi_p": 2.0, "model.psi_n": 1.5, "model.time"
 
 def make_config(**mixture) -> Config:
     return Config().with_overrides(BASE | {f"mixture.{k}": v for k, v in mixture.items()})
-
-
-def wasserstein_over_width(spec: FeatureSpectrum, eigenvalues: np.ndarray) -> float:
-    """W1 between the theory law (density + atoms, outliers excluded) and the sampled bulk, / sample width."""
-    ev = np.sort(eigenvalues)[: eigenvalues.size - spec.outliers_.size]
-    grid = np.unique(np.concatenate([spec.lambda_, ev, [ev.min() - 1e-12, ev.max() + 1e-12]]))
-    cdf = cumulative_trapezoid(np.interp(grid, spec.lambda_, spec.density_, left=0, right=0), grid, initial=0.0)
-    for loc, mass in spec.atoms_:
-        cdf = cdf + mass * (grid >= loc)
-    cdf /= cdf[-1]
-    emp = np.searchsorted(ev, grid, side="right") / ev.size
-    return float(np.trapezoid(np.abs(cdf - emp), grid) / (ev.max() - ev.min()))
 
 
 CASES = {

@@ -92,7 +92,7 @@ class EquivalenceConstants:
 
     activation: str
     time: float
-    variance: float
+    variance: float | Array
     mean: Array
     kappa0: Array
     a: Array
@@ -102,9 +102,10 @@ class EquivalenceConstants:
     norm2: Array
 
     @property
-    def gamma2(self) -> float:
-        """Gamma_t^2 = e^{-2t} sigma_c^2 + Delta_t, the pre-activation variance."""
-        return float(signal_scale(self.time) ** 2 * self.variance + noise_variance(self.time))
+    def gamma2(self) -> float | Array:
+        """Gamma_t^2 = e^{-2t} sigma_c^2 + Delta_t, the pre-activation variance (an array when ``variance`` is)."""
+        g2 = signal_scale(self.time) ** 2 * np.asarray(self.variance) + noise_variance(self.time)
+        return float(g2) if np.ndim(g2) == 0 else g2
 
     @property
     def mu1(self) -> Array:
@@ -113,7 +114,7 @@ class EquivalenceConstants:
 
 
 def equivalence_constants(
-    activation_name: str, time: float, variance: float, mean: ArrayLike = 0.0, n_nodes: int = 0
+    activation_name: str, time: float, variance: float | ArrayLike, mean: ArrayLike = 0.0, n_nodes: int = 0
 ) -> EquivalenceConstants:
     """GE constants for ``h = mean + e^{-t} sqrt(variance) u + sqrt(Delta_t) v`` (see module docstring).
 
@@ -121,25 +122,34 @@ def equivalence_constants(
     ----------
     activation_name : one of :data:`ACTIVATIONS`.
     time : diffusion time t > 0.
-    variance : class variance sigma_c^2 > 0 (a variance, not a standard deviation).
-    mean : pre-activation mean(s) m, any shape; the constants have that shape.
+    variance : class variance sigma_c^2 > 0 (a variance, not a standard deviation); a scalar, or an array
+        broadcastable with ``mean`` when the pre-activation variance differs between features (anisotropic
+        classes, :mod:`classdiff.theory.covariance_types`: there it is w_i^T Sigma_c w_i / d).
+    mean : pre-activation mean(s) m, any shape; the constants have the broadcast shape of ``mean`` and ``variance``.
     n_nodes : quadrature order (default: :func:`quadrature_order`; relu is closed form except the outer
         160-node integral over u of the smooth noise-averaged feature).
     """
     if not np.isfinite(time) or time <= 0:
         raise ValueError(f"time = {time!r}: must be finite and > 0")
-    if not np.isfinite(variance) or variance <= 0:
-        raise ValueError(f"variance = {variance!r}: must be finite and > 0")
+    var = np.asarray(variance, dtype=np.float64)
+    if not np.all(np.isfinite(var)) or not np.all(var > 0):
+        shown = variance if var.ndim == 0 else f"array with min {var.min()!r}"
+        raise ValueError(f"variance = {shown}: must be finite and > 0")
     sig = activation(activation_name)
     dsig = activation_derivative(activation_name)
     m = np.asarray(mean, dtype=np.float64)
-    s_u = float(signal_scale(time) * np.sqrt(variance))
+    if var.ndim:
+        m, var = np.broadcast_arrays(m, var)
+        m = m.copy()
+    s_u = signal_scale(time) * np.sqrt(var)
+    s_u = float(s_u) if var.ndim == 0 else s_u
     s_v = float(np.sqrt(noise_variance(time)))
     gamma = np.hypot(s_u, s_v)
+    stored_variance = float(var) if var.ndim == 0 else var
     if activation_name == "identity":
         zeros = np.zeros_like(m)
         a = np.ones_like(m)
-        return EquivalenceConstants(activation_name, float(time), float(variance), m, m.copy(), a, s_v * a,
+        return EquivalenceConstants(activation_name, float(time), stored_variance, m, m.copy(), a, s_v * a,
                                     zeros, zeros.copy(), m**2 + gamma**2)
     if activation_name == "relu":
         # closed forms for N(m, gamma^2): E relu, E relu', E relu^2; and f(u) = E_v relu(.) in closed form
@@ -153,9 +163,9 @@ def equivalence_constants(
             r = mu / s_v
             return mu * ndtr(r) + s_v * np.exp(-0.5 * r * r) / np.sqrt(2.0 * np.pi)
     else:
-        n = n_nodes or quadrature_order(activation_name, gamma)
+        n = n_nodes or quadrature_order(activation_name, float(np.max(gamma)))
         z, w = gauss_hermite(n)
-        h1 = m[..., None] + gamma * z
+        h1 = m[..., None] + np.asarray(gamma)[..., None] * z
         kappa0 = (sig(h1) * w).sum(-1)
         norm2 = (sig(h1) ** 2 * w).sum(-1)
         a = (dsig(h1) * w).sum(-1)
@@ -172,4 +182,4 @@ def equivalence_constants(
     b = s_v * a
     v2 = ef2 - kappa0**2 - s_u**2 * a**2
     s2 = norm2 - ef2 - b**2
-    return EquivalenceConstants(activation_name, float(time), float(variance), m, kappa0, a, b, v2, s2, norm2)
+    return EquivalenceConstants(activation_name, float(time), stored_variance, m, kappa0, a, b, v2, s2, norm2)

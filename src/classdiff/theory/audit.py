@@ -32,7 +32,7 @@ from classdiff.data.mixture import GaussianMixture
 from classdiff.theory.timescales import TimescalesResult, class_timescales_for_mixture
 
 __all__ = ["AuditClass", "AuditResult", "DataPrediction", "audit", "class_statistics", "load_labelled",
-           "predict_for_data", "predict_for_mixture"]
+           "predict_for_data", "predict_for_mixture", "predict_with_covariances"]
 
 
 @dataclass
@@ -81,6 +81,40 @@ def predict_for_data(x: ArrayLike, y: ArrayLike, base: Config | None = None,
                      labels: ArrayLike | None = None) -> DataPrediction:
     """Predicted per-class tau_gen, tau_mem and orders of ``x`` (n, ...) with labels ``y`` (n,)."""
     return predict_for_mixture(GaussianMixture.fit(x, y, labels=labels), base)
+
+
+def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
+                             base: Config | None = None, rank: int = 16, n_nodes: int = 1024) -> DataPrediction:
+    """Covariance-aware predicted per-class times (``docs/theory.md`` §8) for training sets of ``counts`` (K,)
+    points drawn from the classes ``labels`` (K,) of the population ``x`` (n, ...), ``y`` (n,).
+
+    Each class is its Gaussian surrogate N(mu_c, Sigma_c) with the empirical centroid and full covariance of all
+    its points in ``x`` (the population, not the few training points: a covariance of n_c < d points is
+    singular); centroids are centred by the count-weighted mean, as :meth:`GaussianMixture.fit` centres them.
+    rho_c = counts/n, psi_n = n/d; the model settings are ``base.model`` (default :class:`Config`).
+    """
+    from classdiff.theory.covariance_types import covariance_feature_types
+
+    xf, yi = check_labelled(x, y)
+    labs = [int(v) for v in np.asarray(labels).reshape(-1)]
+    n_c = np.asarray(counts, dtype=np.float64).reshape(-1)
+    if n_c.size != len(labs) or np.any(n_c <= 0):
+        raise ValueError(f"counts = {n_c.tolist()}: need one positive count per label {labs}")
+    missing = [lab for lab in labs if np.count_nonzero(yi == lab) < 2]
+    if missing:
+        raise ValueError(f"labels {missing}: fewer than 2 points of these classes in the data")
+    base = base if base is not None else Config()
+    d = xf.shape[1]
+    rho = n_c / n_c.sum()
+    mus = np.stack([xf[yi == lab].mean(axis=0) for lab in labs])
+    covs = [np.cov(xf[yi == lab].T) for lab in labs]
+    centroids = mus - rho @ mus
+    model = base.with_overrides({"model.psi_n": float(n_c.sum() / d)}).model
+    types = covariance_feature_types(rho, covs, centroids, model.time, model.psi_p, model.psi_n, model.activation,
+                                     rank=rank, n_nodes=n_nodes, seed=base.theory.seed)
+    mixture = GaussianMixture(rho, centroids, np.array([np.trace(c) / d for c in covs]))
+    result = class_timescales_for_mixture(mixture, model, base.theory, base.training, labels=labs, types=types)
+    return DataPrediction(timescales=result, psi_p=model.psi_p, psi_n=model.psi_n, time=model.time)
 
 
 def class_statistics(x: ArrayLike, y: ArrayLike, n_eigenvalues: int = 5) -> ClassStatistics:

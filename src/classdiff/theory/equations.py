@@ -50,7 +50,10 @@ class FeatureTypes:
     Attributes (K classes, N type nodes):
     ``weights`` rho_c (K,); ``variances`` sigma_c^2 (K,); ``node_weights`` omega_j (N,), summing to 1;
     ``means`` pre-activation means m_{c,j} (K, N); ``a``, ``v2``, ``s2``, ``kappa0`` (K, N);
-    ``time`` t, ``psi_p``, ``psi_n``, ``dim`` d (only the outliers depend on d), ``activation``.
+    ``time`` t, ``psi_p``, ``psi_n``, ``dim`` d (only the outliers depend on d), ``activation``;
+    optional ``spike_vectors`` f_{s,j} (S, N) and ``spike_classes`` (S,) int: the per-type entries of the rank-S
+    linear part of anisotropic classes (``docs/theory.md`` §8, :mod:`classdiff.theory.covariance_types`), which
+    create outliers beside those of the centroids; ``variances`` is then the isotropic floor of each class.
     """
 
     weights: Array
@@ -66,6 +69,8 @@ class FeatureTypes:
     psi_n: float
     dim: int
     activation: str
+    spike_vectors: Array | None = None
+    spike_classes: NDArray[np.intp] | None = None
 
     @property
     def n_classes(self) -> int:

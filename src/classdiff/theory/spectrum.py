@@ -25,6 +25,7 @@ Pipeline of :meth:`FeatureSpectrum.fit`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,10 +39,38 @@ if TYPE_CHECKING:
     from classdiff.core.config import Config, ModelConfig, TheoryConfig
     from classdiff.data.mixture import GaussianMixture
 
-__all__ = ["FeatureSpectrum", "SpectrumResult", "spectrum_from_config", "types_for_mixture", "types_from_config"]
+__all__ = ["FeatureSpectrum", "SpectrumResult", "spectrum_from_config", "types_for_mixture", "types_from_config",
+           "wasserstein_over_width"]
 
 Array = NDArray[np.float64]
 CArray = NDArray[np.complex128]
+
+
+def wasserstein_over_width(spec: FeatureSpectrum, eigenvalues: NDArray[np.float64],
+                           include_outliers: bool = False) -> float:
+    """W1 distance between the theory's law and the sampled eigenvalues, divided by the sampled width.
+
+    Default (bulk): the theory's density + atoms against the eigenvalues without their largest
+    ``len(spec.outliers_)``, width of what is left. ``include_outliers``: the whole spectrum, the theory's
+    outliers carrying 1/p each (p = number of eigenvalues) and its bulks the remaining mass, against all the
+    eigenvalues, width of all of them; this compares theories that predict different numbers of outliers.
+    Both CDFs are compared on the union of the theory grid, its outliers and the eigenvalues (trapezoid rule for
+    the theory density, renormalised over the bulks and atoms)."""
+    from scipy.integrate import cumulative_trapezoid
+
+    ev = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    n_out = spec.outliers_.size
+    if not include_outliers:
+        ev = ev[: ev.size - n_out]
+    grid = np.unique(np.concatenate([spec.lambda_, ev, spec.outliers_, [ev.min() - 1e-12, ev.max() + 1e-12]]))
+    cdf = cumulative_trapezoid(np.interp(grid, spec.lambda_, spec.density_, left=0, right=0), grid, initial=0.0)
+    for loc, mass in spec.atoms_:
+        cdf = cdf + mass * (grid >= loc)
+    cdf /= cdf[-1]
+    if include_outliers:
+        cdf = (1.0 - n_out / ev.size) * cdf + np.searchsorted(np.sort(spec.outliers_), grid, side="right") / ev.size
+    emp = np.searchsorted(ev, grid, side="right") / ev.size
+    return float(np.trapezoid(np.abs(cdf - emp), grid) / (ev.max() - ev.min()))
 
 
 def _interp_rows(t: Array, t_known: Array, x_known: CArray) -> CArray:
@@ -554,49 +583,64 @@ class FeatureSpectrum:
         return {"train_trace": train, "test_trace": test, "vv": vv, "vc": vc}
 
     # --------------------------------------------------------------------------------------- outliers
+    @staticmethod
+    def _mean_columns(ft: FeatureTypes) -> tuple[Array, NDArray[np.intp]]:
+        """Per-type entries (J, N) of the low-rank directions of U and the class of each: the class-mean
+        features kappa0_c (J = K), followed by the spike vectors of anisotropic classes when present."""
+        cols, cls = ft.kappa0, np.arange(ft.n_classes)
+        if ft.spike_vectors is not None and ft.spike_classes is not None and len(ft.spike_classes):
+            cols = np.concatenate([cols, ft.spike_vectors])
+            cls = np.concatenate([cls, np.asarray(ft.spike_classes, dtype=np.intp)])
+        return cols, cls
+
     def _spike_matrix(self, ft: FeatureTypes, theta: Array, x: CArray) -> Array:
-        """S(theta) = diag(1 + delta) + p diag(sqrt rho) E[kappa0 kappa0^T Qbar] diag(sqrt rho), (P, K, K) real."""
+        """S(theta) = diag(1 + delta_c(j)) + p sqrt(rho_c(j) rho_c(l)) E[f_j f_l Qbar], (P, J, J) real: f_j the
+        mean columns of :meth:`_mean_columns` (kappa0_c, then the spike vectors of ``docs/theory.md`` §8)."""
         parts = resolvent_parts(ft, theta + 0j, x)
         p = ft.psi_p * ft.dim
+        cols, cls = self._mean_columns(ft)
         qw = (parts["Qbar"] * ft.node_weights).real
-        kk = p * np.einsum("kn,ln,pn->pkl", ft.kappa0, ft.kappa0, qw)
-        sr = np.sqrt(ft.weights)
+        kk = p * np.einsum("kn,ln,pn->pkl", cols, cols, qw)
+        sr = np.sqrt(ft.weights[cls])
         s = kk * sr[None, :, None] * sr[None, None, :]
-        k = ft.n_classes
-        s[:, np.arange(k), np.arange(k)] += 1.0 + parts["delta"].real
+        j = np.arange(cls.size)
+        s[:, j, j] += 1.0 + parts["delta"].real[:, cls]
         return s
 
     def _find_outliers(self, ft: FeatureTypes) -> Array:
+        """Outliers above the top edge: theta where an eigenvalue of the symmetric S(theta) crosses 0. S -> I as
+        theta -> inf and each outlier passed on the way down turns one more eigenvalue negative, so counting the
+        negative eigenvalues on a scan brackets every root, also close pairs that one determinant sign would miss;
+        each root is refined by Brent's method on the crossing eigenvalue."""
         p = ft.psi_p * ft.dim
-        spike = p * float((ft.weights * (ft.kappa0**2 @ ft.node_weights)).sum())
+        cols, cls = self._mean_columns(ft)
+        spike = p * float((ft.weights[cls] * (cols**2 @ ft.node_weights)).sum())
         if spike <= 0 or not len(self.bulks_):
             return np.zeros(0)
         top = self.bulks_[-1].hi
-        # the centroid spikes are O(p): their outliers lie above the top edge of the bulk
-        segments = [(top, 2.0 * (spike + top) + 1.0)]
+        # the spikes are O(p): their outliers lie above the top edge of the bulk
+        hi = 2.0 * (spike + top) + 1.0
+        gap = hi - top
+        th = top + gap * np.concatenate([np.geomspace(1e-6, 0.5, 120), 1 - np.geomspace(0.5, 1e-6, 40)[1:]])
+        x, res, _ = solve_on_line(ft, th, 1e-13 * max(1.0, hi), eps_start=self.upper_bound_ + hi,
+                                  tol=self._newton_tol)
+        ok = res < 1e-8
+        x = x.copy()
+        x.imag = 0.0
+        eig = np.linalg.eigvalsh(self._spike_matrix(ft, th, x))  # (P, J) ascending
+        negative = (eig < 0).sum(axis=1)
         roots = []
-        for lo, hi in segments:
-            if hi <= lo * (1 + 1e-9):
-                continue
-            gap = hi - lo
-            th = lo + gap * np.concatenate([np.geomspace(1e-6, 0.5, 60), 1 - np.geomspace(0.5, 1e-6, 20)[1:]])
-            x, res, _ = solve_on_line(ft, th, 1e-13 * max(1.0, hi), eps_start=self.upper_bound_ + hi,
-                                      tol=self._newton_tol)
-            ok = res < 1e-8
-            x = x.copy()
-            x.imag = 0.0
-            det = np.linalg.det(self._spike_matrix(ft, th, x))
-            det[~ok] = np.nan
-            sgn = np.sign(det)
-            for i in np.nonzero(sgn[:-1] * sgn[1:] < 0)[0]:
-                xw = x[i : i + 1]
+        good = np.nonzero(ok)[0]
+        for lo_i, hi_i in pairwise(good.tolist()):  # th increases with the index: fewer negatives above
+            for k in range(int(negative[hi_i]), int(negative[lo_i])):
+                xw = x[lo_i : lo_i + 1]
 
-                def f(t: float, xw=xw) -> float:
+                def f(t: float, xw=xw, k=k) -> float:
                     xs, _ = newton(ft, np.array([t + 0j]), xw.copy(), tol=self._newton_tol)
-                    return float(np.linalg.det(self._spike_matrix(ft, np.array([t]), xs.real + 0j))[0])
+                    return float(np.linalg.eigvalsh(self._spike_matrix(ft, np.array([t]), xs.real + 0j))[0, k])
 
                 try:
-                    roots.append(brentq(f, th[i], th[i + 1], xtol=1e-12 * th[i + 1], rtol=1e-12))
+                    roots.append(brentq(f, th[lo_i], th[hi_i], xtol=1e-12 * th[hi_i], rtol=1e-12))
                 except ValueError:
                     continue
         return np.sort(np.array(roots))

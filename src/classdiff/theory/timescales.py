@@ -196,12 +196,16 @@ class TimescalesResult:
 
 def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, theory: TheoryConfig,
                                  training: TrainingConfig | None = None,
-                                 labels: ArrayLike | None = None) -> TimescalesResult:
+                                 labels: ArrayLike | None = None,
+                                 types: FeatureTypes | None = None) -> TimescalesResult:
     """Predicted per-class timescales of the training mixture ``mixture`` (weights = training fractions n_c/n).
 
     ``model`` gives psi_p, psi_n, t and the activation, ``theory`` the solver settings, ``training`` (default
     :class:`~classdiff.core.config.TrainingConfig`) the tau grid and the read-off parameters. ``labels`` name
     the classes (default ``mixture.labels_`` for a fitted mixture, else 0..K-1); the orders are in those labels.
+    ``types`` replaces the isotropic feature types of ``mixture`` (e.g. the covariance-aware types of
+    :func:`classdiff.theory.covariance_types.covariance_feature_types` for the same classes); ``mixture`` then
+    only supplies the reported class statistics.
     """
     from classdiff.core.config import TrainingConfig
 
@@ -209,7 +213,7 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
     if labels is None:
         labels = getattr(mixture, "labels_", np.arange(mixture.n_classes))
     labs = [int(v) for v in np.asarray(labels).reshape(-1)]
-    ft = types_for_mixture(mixture, model, theory)
+    ft = types if types is not None else types_for_mixture(mixture, model, theory)
     res = _timescales_of_types(ft, theory, tr, None)
     # the edges of the full feature types, found as the spectrum command finds them (same scan; the edges do not
     # depend on n_lambda, so the density grid is kept minimal): the loss model's one effective type has its own,

@@ -1,0 +1,128 @@
+"""Per-class tau_gen, tau_mem: isotropic and covariance-aware theory against the exact RF dynamics, on Gaussian
+surrogates of Fashion-MNIST classes and on the real pixels (``docs/theory.md`` §8).
+
+For each setting (classes, training counts, d, psi_p, t):
+
+* theory, isotropic: the classes' centroids (centred by the count-weighted mean) and variances tr(Sigma_c)/d;
+* theory, covariance-aware: the same centroids and the full class covariances
+  (:func:`classdiff.theory.audit.predict_with_covariances`);
+* exact RF dynamics (closed-form gradient flow, :func:`classdiff.rf.real_data.real_data_dynamics`) on a Gaussian
+  surrogate training set x ~ N(mu_c, Sigma_c) (same centroids and covariances), over seeds;
+* the same on real images of the classes, over seeds.
+
+mu_c, Sigma_c are those of all training images of the class (model space [-1, 1]; 2x2-pooled for d = 196). The
+table prints each time and the theory / surrogate-dynamics ratio. Usage:
+
+    PYTHONPATH=src python experiments/covariance_timescales.py --out /tmp/covtimes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time as clock
+from pathlib import Path
+
+import numpy as np
+
+from classdiff.core.config import Config
+from classdiff.core.io import write_json_atomic
+from classdiff.core.results import is_reached, reached
+from classdiff.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist, to_model_space
+from classdiff.data.mixture import GaussianMixture
+from classdiff.rf.real_data import real_data_dynamics
+from classdiff.theory.audit import predict_with_covariances
+from classdiff.theory.timescales import class_timescales_for_mixture
+
+#: (classes, training counts, d, psi_p, t)
+SETTINGS = [
+    ((8, 1), (98, 98), 196, 2.0, 0.1),
+    ((8, 1), (147, 49), 196, 2.0, 0.1),
+    ((8, 1), (49, 147), 196, 2.0, 0.1),
+    ((8, 1), (98, 98), 196, 2.0, 1.0),
+    ((8, 1), (98, 98), 196, 4.0, 0.1),
+    ((0, 7), (98, 98), 196, 2.0, 0.1),
+    ((8, 1), (392, 392), 784, 2.0, 0.1),
+]
+
+
+def images(data, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    x = to_model_space(data.train_images).astype(np.float64)[:, 0]
+    if dim == 196:
+        x = x.reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4))
+    return x.reshape(len(x), -1), np.asarray(data.train_labels)
+
+
+def surrogate(x: np.ndarray, y: np.ndarray, classes, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n_per_class Gaussian points N(mu_c, Sigma_c) per class (labels as in y)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0F]))
+    xs, ys = [], []
+    for c in classes:
+        xc = x[y == c]
+        ev, vec = np.linalg.eigh(np.cov(xc.T))
+        xs.append(xc.mean(axis=0) + rng.standard_normal((n_per_class, x.shape[1])) @ (vec * np.sqrt(np.maximum(ev, 0))).T)
+        ys.append(np.full(n_per_class, c))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def times_of(dyn: dict) -> list[dict]:
+    return [{"tau_gen": c["tau_gen"], "tau_mem": c["tau_mem"], "tau_gen_seeds": c["tau_gen_seeds"],
+             "tau_mem_seeds": c["tau_mem_seeds"]} for c in dyn["classes"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--settings", default=None, help="comma-separated indices into SETTINGS (default all)")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    data = load_fashion_mnist(find_fashion_mnist())
+    chosen = range(len(SETTINGS)) if args.settings is None else [int(v) for v in args.settings.split(",")]
+    rows = []
+    fmt = lambda v: f"{reached(v):.4g}" if is_reached(v) else "n.r."  # noqa: E731
+    print(f"{'#':>2} {'classes':>7} {'counts':>9} {'d':>4} {'psi_p':>5} {'t':>4} | class  quantity: iso  cov  "
+          "surrogate-RF  real-RF  (iso/sur, cov/sur)")
+    for i in chosen:
+        classes, counts, dim, psi_p, t = SETTINGS[i]
+        x, y = images(data, dim)
+        sel = np.isin(y, classes)
+        x, y = x[sel], y[sel]
+        base = Config().with_overrides({"model.psi_p": psi_p, "model.time": t, "training.seeds": args.seeds})
+        t0 = clock.perf_counter()
+        cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank)
+        t_cov = clock.perf_counter() - t0
+        rho = np.asarray(counts, float) / sum(counts)
+        mus = np.stack([x[y == c].mean(axis=0) for c in classes])
+        mix = GaussianMixture(rho, mus - rho @ mus, [float(np.trace(np.cov(x[y == c].T)) / dim) for c in classes])
+        model = base.with_overrides({"model.psi_n": sum(counts) / dim}).model
+        iso = class_timescales_for_mixture(mix, model, base.theory, base.training, labels=list(classes))
+        sx, sy = surrogate(x, y, classes, max(counts) + 500, seed=i)
+        t0 = clock.perf_counter()
+        dyn_s = real_data_dynamics(sx, sy, classes, counts, base, test_per_class=500)
+        dyn_r = real_data_dynamics(x, y, classes, counts, base, test_per_class=500)
+        t_dyn = clock.perf_counter() - t0
+        row = {"setting": i, "classes": list(classes), "counts": list(counts), "dim": dim, "psi_p": psi_p, "time": t,
+               "isotropic": [{"tau_gen": c.tau_gen, "tau_mem": c.tau_mem} for c in iso.classes],
+               "covariance_aware": [{"tau_gen": c.tau_gen, "tau_mem": c.tau_mem} for c in cov.timescales.classes],
+               "surrogate_dynamics": times_of(dyn_s), "real_dynamics": times_of(dyn_r),
+               "orders": {"isotropic": [iso.generalization_order, iso.memorization_order],
+                          "covariance_aware": [cov.generalization_order, cov.memorization_order],
+                          "surrogate_dynamics": [dyn_s["generalization_order"], dyn_s["memorization_order"]],
+                          "real_dynamics": [dyn_r["generalization_order"], dyn_r["memorization_order"]]},
+               "seconds": {"covariance_theory": t_cov, "dynamics": t_dyn}}
+        rows.append(row)
+        for c, lab in enumerate(classes):
+            for q in ("tau_gen", "tau_mem"):
+                vi, vc = row["isotropic"][c][q], row["covariance_aware"][c][q]
+                vs, vr = row["surrogate_dynamics"][c][q], row["real_dynamics"][c][q]
+                ratio = lambda a, b: f"{reached(a) / reached(b):.2f}" if is_reached(a) and is_reached(b) else "-"  # noqa: E731
+                print(f"{i:>2} {list(classes)!s:>7} {list(counts)!s:>9} {dim:>4} {psi_p:>5} {t:>4} | {lab:>5} "
+                      f"{q:>8}: {fmt(vi)}  {fmt(vc)}  {fmt(vs)}  {fmt(vr)}  ({ratio(vi, vs)}, {ratio(vc, vs)})",
+                      flush=True)
+        print(f"   orders (gen, mem): {row['orders']}  [cov theory {t_cov:.1f} s, dynamics {t_dyn:.1f} s]", flush=True)
+        if args.out:
+            write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ SETTINGS = [
     ((8, 1), (98, 98), 196, 4.0, 0.1),
     ((0, 7), (98, 98), 196, 2.0, 0.1),
     ((8, 1), (392, 392), 784, 2.0, 0.1),
+    ((8, 1), (24, 8), 784, 2.0, 0.01),  # the classes, counts and RF settings of experiments/fashion_memorize_cpu.toml
 ]
 
 

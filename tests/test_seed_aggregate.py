@@ -141,3 +141,31 @@ def test_speciation_over_seeds_and_the_comparison_table(tmp_path, capsys):
     assert row8["measured"]["rf_real_pixels"]["tau_gen"]["estimate"] == 3.0
     assert (out / "comparison.png").is_file()
     assert cli.main(["seeds", *map(str, runs), "--rf", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 1
+
+
+def test_covariance_aware_column_and_its_agreement(tmp_path, capsys):
+    runs = []
+    for s, (m0, m1) in enumerate([(100.0, 1000.0), (120.0, 1100.0), (90.0, 900.0)]):
+        run = fake_run(tmp_path / f"s{s}", s, (m0, m1), ([0, 0, 0.2, 0.6], [0, 0, 0.1, 0.5]), [0.8, 0.2])
+        ev = json.loads((run / "metrics" / "evaluation.json").read_text())
+        # the covariance-aware theory predicts the opposite memorization order to the isotropic one
+        ev["theory_covariance"] = {"available": True, "classes": [{"label": 8, "tau_gen": 4.0, "tau_mem": 90.0},
+                                                                   {"label": 1, "tau_gen": 9.0, "tau_mem": 60.0}],
+                                   "generalization_order": [8, 1], "memorization_order": [1, 8]}
+        write_json_atomic(run / "metrics" / "evaluation.json", ev)
+        runs.append(run)
+    res = aggregate_runs(runs)
+    assert res["orders"]["tau_mem"]["order"] == [8, 1]  # resolved: 90-120 vs 900-1100
+    assert res["agreement"]["tau_mem"]["agree"] == 1  # isotropic [8, 1]
+    assert res["agreement_covariance"]["tau_mem"] == {"pairs": 1, "agree": 0, "fraction": 0.0,
+                                                      "disagreeing": [[8, 1]]}
+    assert res["covariance_reason"] is None
+    out = tmp_path / "table"
+    assert cli.main(["seeds", *map(str, runs), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "with the covariance-aware theory on 0 of 1" in text
+    table = json.loads((out / "results.json").read_text())["table"]
+    row1 = table["classes"][1]
+    assert row1["predicted"]["covariance_aware"]["tau_mem"]["estimate"] == pytest.approx(60.0)
+    assert row1["predicted"]["covariance_aware"]["t_speciation"]["estimate"] == "nan"
+    assert table["orders"]["covariance_aware"]["tau_mem"] == [1, 8]

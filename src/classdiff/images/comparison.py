@@ -5,8 +5,10 @@ exists:
 
 * predicted, isotropic theory (``theory.audit.predict_for_data`` on each seed's training subset, summarised over
   seeds): tau_gen, tau_mem in the RF model's training time tau; t_S (OU time) for the Gaussian surrogate;
-* predicted, covariance-aware theory: not computed (classdiff has no full-covariance deterministic equivalent yet;
-  ``docs/unet_memorization.md`` says why) -- the column is there, as nan, so that the gap is visible;
+* predicted, covariance-aware theory (``theory.audit.predict_with_covariances``: each class's Gaussian surrogate
+  with the centroid and full covariance of all its images, ``docs/theory.md`` §8): tau_gen, tau_mem, the same for
+  every seed (the surrogate does not depend on the subset); t_S is not computed for full covariances (nan, with
+  the reason), nor is anything for evaluations written before the covariance-aware section existed;
 * measured, random features on the real pixels (``classdiff dynamics --data``; exact gradient flow on one
   subset: a point value, no interval), in tau;
 * measured, U-Net (``classdiff seeds``): tau_gen, tau_mem (loss gap), tau_fmem (f_mem level) in optimizer steps,
@@ -28,8 +30,8 @@ from classdiff.core.results import is_reached, reached
 
 __all__ = ["COVARIANCE_AWARE_REASON", "comparison_table", "format_comparison_table", "plot_comparison_table"]
 
-COVARIANCE_AWARE_REASON = ("not computed: the deterministic equivalent for full class covariances is not implemented "
-                           "(docs/unet_memorization.md, 'What the theory cannot say yet')")
+COVARIANCE_AWARE_REASON = ("t_S not computed: the speciation theory (theory.speciation) is derived for isotropic "
+                           "classes only")
 
 #: measured quantity -> the predicted quantity whose order it is compared with
 PREDICTED_FOR = {"tau_gen": "tau_gen", "tau_mem": "tau_mem", "tau_fmem": "tau_mem", "t_speciation": "t_speciation"}
@@ -65,8 +67,13 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
         lab = int(c["label"])
         iso = {"tau_gen": c["theory"]["tau_gen"], "tau_mem": c["theory"]["tau_mem"],
                "t_speciation": c.get("t_speciation_theory", _point(None))}
+        cov_times = c.get("theory_covariance")
         cov = {key: _point(None) for key in ("tau_gen", "tau_mem", "t_speciation")}
-        cov["reason"] = COVARIANCE_AWARE_REASON
+        if cov_times is not None:
+            cov.update(tau_gen=cov_times["tau_gen"], tau_mem=cov_times["tau_mem"])
+            cov["reason"] = COVARIANCE_AWARE_REASON
+        else:
+            cov["reason"] = aggregate.get("covariance_reason") or "not computed"
         rfc = rf_by_label.get(lab)
         rf_row = None if rfc is None else {"tau_gen": _point(rfc.get("tau_gen")), "tau_mem": _point(rfc.get("tau_mem"))}
         unet = {key: c[key] for key in ("tau_gen", "tau_mem", "tau_fmem")}
@@ -79,6 +86,11 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
     agreement: dict[str, dict[str, Any]] = {}
     orders["unet"] = dict(aggregate["orders"])
     agreement["unet"] = dict(aggregate.get("agreement", {}))
+    predicted_cov = aggregate.get("theory_covariance")
+    agreement_cov: dict[str, dict[str, Any]] = {}
+    if predicted_cov:
+        orders["covariance_aware"] = {k: predicted_cov.get(k) for k in ("tau_gen", "tau_mem")}
+        agreement_cov["unet"] = dict(aggregate.get("agreement_covariance", {}))
     if rf is not None:
         rf_orders = {}
         for key in ("tau_gen", "tau_mem"):
@@ -86,7 +98,11 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
             rf_orders[key] = class_order([math.nan if v is None else reached(v) for v in vals], labels)
         orders["rf_real_pixels"] = rf_orders
         agreement["rf_real_pixels"] = {k: _rank_agreement(v, predicted.get(k)) for k, v in rf_orders.items()}
-    return {"classes": rows, "orders": orders, "agreement": agreement,
+        if predicted_cov:
+            agreement_cov["rf_real_pixels"] = {k: _rank_agreement(v, predicted_cov.get(k))
+                                               for k, v in rf_orders.items()}
+    return {"classes": rows, "orders": orders, "agreement": agreement, "agreement_covariance": agreement_cov,
+            "covariance_reason": aggregate.get("covariance_reason"),
             "rule": "pairs with disjoint 95% intervals (U-Net, over seeds) agree when the prediction orders them the "
                     "same way; RF on real pixels: one subset, rank by rank ('point')",
             "units": {"theory tau, RF tau": "RF training time tau = k eta / d^2", "U-Net tau": "optimizer steps",
@@ -123,7 +139,8 @@ def format_comparison_table(table: dict[str, Any]) -> str:
             rf_cell = _cell(rf.get(key), spec) if rf is not None and key in rf else "-"
             lines.append(f"{r['label']:>6} {key:<13} {iso_cell:>22} {_cell(cov.get(pred_key), spec):>10} "
                          f"{rf_cell:>10} {_cell(un.get(key), spec):>26}")
-    lines.append(f"covariance-aware theory: {COVARIANCE_AWARE_REASON}")
+    reason = table.get("covariance_reason")
+    lines.append(f"covariance-aware theory: {reason}" if reason else f"covariance-aware theory: {COVARIANCE_AWARE_REASON}")
     for source, orders in table["orders"].items():
         for key, o in orders.items():
             if isinstance(o, dict):
@@ -132,13 +149,16 @@ def format_comparison_table(table: dict[str, Any]) -> str:
                 text = str(o) if o is not None else "-"
             ag = table["agreement"].get(source, {}).get(key)
             tail = "" if ag is None else f"; agrees with the isotropic theory on {ag['agree']} of {ag['pairs']} pairs"
+            ag_cov = table.get("agreement_covariance", {}).get(source, {}).get(key)
+            if ag_cov is not None:
+                tail += f", with the covariance-aware theory on {ag_cov['agree']} of {ag_cov['pairs']}"
             lines.append(f"order {source:<15} {key:<13} {text}{tail}")
     lines.append(f"rule: {table['rule']}")
     return "\n".join(lines)
 
 
 def plot_comparison_table(table: dict[str, Any], stem) -> None:
-    """Per quantity, each class's predicted (isotropic) and measured (U-Net) value with its interval, each source
+    """Per quantity, each class's predicted (isotropic, covariance-aware) and measured (RF, U-Net) value with its interval, each source
     normalised by its own geometric mean over the classes (units differ; the figure compares orders and ratios)."""
     import matplotlib
 
@@ -151,6 +171,7 @@ def plot_comparison_table(table: dict[str, Any], stem) -> None:
     keys = ["tau_gen", "tau_mem", "tau_fmem", "t_speciation"]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.6), squeeze=False)
     sources = [("isotropic theory", lambda r, k: r["predicted"]["isotropic"].get(PREDICTED_FOR[k])),
+               ("covariance-aware theory", lambda r, k: r["predicted"]["covariance_aware"].get(PREDICTED_FOR[k])),
                ("RF real pixels", lambda r, k: (r["measured"]["rf_real_pixels"] or {}).get(k)),
                ("U-Net", lambda r, k: r["measured"]["unet"].get(k))]
     for ax, key in zip(axes[0], keys, strict=True):
@@ -167,12 +188,12 @@ def plot_comparison_table(table: dict[str, Any], stem) -> None:
             for ci, v in enumerate(vals):
                 if v is None:
                     continue
-                x = ci + (si - 1) * 0.22
+                x = ci + (si - 1.5) * 0.18
                 lo, hi = v[1]
                 yerr = None
                 if np.isfinite(lo) and np.isfinite(hi):
                     yerr = [[(v[0] - lo) / norm], [(hi - v[0]) / norm]]
-                ax.errorbar([x], [v[0] / norm], yerr=yerr, fmt="os^"[si], color=f"C{si}", capsize=3, ms=5,
+                ax.errorbar([x], [v[0] / norm], yerr=yerr, fmt="oDs^"[si], color=f"C{si}", capsize=3, ms=5,
                             label=name if ci == 0 else None)
         ax.set_yscale("log")
         ax.set_xticks(range(len(table["classes"])))

@@ -46,7 +46,8 @@ from classdiff.core.results import NOT_REACHED, format_value, reached, time_or_n
 from classdiff.data.labelled import class_statistics
 from classdiff.theory.audit import predict_for_data
 
-__all__ = ["FMEM_ORDER_KEY", "MIN_RELATIVE_GAP", "evaluate_run", "format_comparison", "theory_prediction"]
+__all__ = ["FMEM_ORDER_KEY", "MIN_RELATIVE_GAP", "covariance_theory_prediction", "evaluate_run", "format_comparison",
+           "theory_prediction"]
 
 MIN_RELATIVE_GAP = 0.02
 """Smallest final train/test gap, as a fraction of the final test loss, read as memorization."""
@@ -100,6 +101,22 @@ def theory_prediction(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...], co
     return {"available": True, **prediction.to_dict()}
 
 
+def covariance_theory_prediction(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...], counts: Any,
+                                 config: Config) -> dict[str, Any]:
+    """The ``theory_covariance`` section: :func:`~classdiff.theory.audit.predict_with_covariances` for training
+    sets of ``counts`` points of ``classes`` whose Gaussian surrogates have the centroid and full covariance of
+    *all* the images ``x`` (n, ...) of each class (labels ``y``), at the settings of ``config``; ``available``
+    False with a ``reason`` when it fails (as :func:`theory_prediction`)."""
+    from classdiff.theory.audit import predict_with_covariances
+
+    try:
+        prediction = predict_with_covariances(x, y, classes, counts, config)
+    except Exception as exc:  # report, do not crash the measurement side
+        return {"available": False, "reason": f"covariance-aware prediction failed: {type(exc).__name__}: {exc}"}
+    return {"available": True, **prediction.to_dict(),
+            "surrogate": "N(mu_c, Sigma_c) of all training images of the class (docs/theory.md §8)"}
+
+
 def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, device: str | None = None,
                  progress: bool = True, use_ema: bool = False) -> dict[str, Any]:
     """Evaluate all checkpoints of ``run_dir`` (written by :func:`~classdiff.images.ddpm.train_unet`).
@@ -151,6 +168,11 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
     # statistics and theory
     stats = class_statistics(x_train, y_train, labels=classes)
     theory = theory_prediction(x_train, y_train, classes, config)
+    population = np.flatnonzero(np.isin(data.train_labels, classes))
+    _log("covariance-aware theory (full class covariances) ...", progress)
+    theory_cov = covariance_theory_prediction(to_model_space(data.train_images[population]),
+                                              data.train_labels[population].astype(np.int64), classes,
+                                              loaded["counts"], config)
 
     # classifier on the full real training set (all ten classes), cached
     _log("classifier: loading or training (cached) ...", progress)
@@ -245,6 +267,7 @@ def evaluate_run(run_dir: str | Path, *, data_root: str | Path | None = None, de
         "measured": {"classes": measured, ORDER_KEYS["tau_gen"]: order("tau_gen"),
                      ORDER_KEYS["tau_mem"]: order("tau_mem"), FMEM_ORDER_KEY: order("tau_fmem")},
         "theory": theory,
+        "theory_covariance": theory_cov,
     }
     (run / "metrics").mkdir(exist_ok=True)
     write_json_atomic(run / "metrics" / "evaluation.json", result)
@@ -378,6 +401,16 @@ def format_comparison(result: dict[str, Any]) -> str:
         lines.append(f"theory   generalization order {th.get(gen_key)}, memorization order {th.get(mem_key)}")
     else:
         lines.append(f"theory   {th.get('reason')}")
+    cov = result.get("theory_covariance")
+    if cov is None:
+        lines.append("covariance-aware theory: not computed (evaluation written before it existed)")
+    elif cov.get("available"):
+        times = ", ".join(f"class {c['label']} tau_gen {format_value(c['tau_gen'], '.3g')} tau_mem "
+                          f"{format_value(c['tau_mem'], '.3g')}" for c in cov["classes"])
+        lines.append(f"covariance-aware theory: {times}; generalization order {cov.get(gen_key)}, memorization "
+                     f"order {cov.get(mem_key)}")
+    else:
+        lines.append(f"covariance-aware theory: {cov.get('reason')}")
     m = result["measured"]
     lines.append(f"measured generalization order {m[gen_key]}, memorization order (loss gap) "
                  f"{m[mem_key]}, (f_mem) {m[FMEM_ORDER_KEY]}")

@@ -129,9 +129,10 @@ def _load_cloning(run: Path) -> dict[str, Any] | None:
     return decode(read_json(path)) if path.is_file() else None
 
 
-def _theory_class(ev: dict[str, Any], label: int) -> dict[str, Any]:
-    """The theory's per-class entry of one evaluation ({} when the theory was not available)."""
-    th = ev.get("theory") or {}
+def _theory_class(ev: dict[str, Any], label: int, section: str = "theory") -> dict[str, Any]:
+    """The theory's per-class entry of one evaluation ({} when the theory was not available); ``section``
+    "theory" (isotropic) or "theory_covariance"."""
+    th = ev.get(section) or {}
     if not th.get("available"):
         return {}
     return next((c for c in th.get("classes", []) if int(c["label"]) == label), {})
@@ -173,6 +174,10 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         theory_rows = [_theory_class(ev, int(label)) for ev in evals]
         entry["theory"] = {key: summarize_times([t.get(key, math.nan) for t in theory_rows], level)
                            for key in ("tau_gen", "tau_mem")}
+        cov_rows = [_theory_class(ev, int(label), "theory_covariance") for ev in evals]
+        if any(cov_rows):
+            entry["theory_covariance"] = {key: summarize_times([t.get(key, math.nan) for t in cov_rows], level)
+                                          for key in ("tau_gen", "tau_mem")}
         clone_rows = [next((c for c in cl["classes"] if int(c["label"]) == int(label)), None)
                       for cl in cloning if cl is not None]
         if clone_rows:
@@ -201,6 +206,18 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         for key, pred_key in (("tau_gen", "tau_gen"), ("tau_mem", "tau_mem"), ("tau_fmem", "tau_mem")):
             if predicted[pred_key] is not None:
                 agreement[key] = pairwise_agreement(orders[key], predicted[pred_key])
+    cov = evals[0].get("theory_covariance")
+    predicted_cov, agreement_cov = None, {}
+    if cov is None:
+        cov_reason = "not computed: the evaluations predate the covariance-aware theory (re-run 'classdiff evaluate')"
+    elif not cov.get("available"):
+        cov_reason = str(cov.get("reason"))
+    else:
+        cov_reason = None
+        predicted_cov = {"tau_gen": cov.get(ORDER_KEYS["tau_gen"]), "tau_mem": cov.get(ORDER_KEYS["tau_mem"])}
+        for key, pred_key in (("tau_gen", "tau_gen"), ("tau_mem", "tau_mem"), ("tau_fmem", "tau_mem")):
+            if predicted_cov[pred_key] is not None:
+                agreement_cov[key] = pairwise_agreement(orders[key], predicted_cov[pred_key])
     if all("t_speciation" in c for c in out_classes):
         vals = [c["t_speciation"]["estimate"] if is_reached(c["t_speciation"]["estimate"]) else math.nan
                 for c in out_classes]
@@ -214,7 +231,9 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         if predicted["t_speciation"] is not None:
             agreement["t_speciation"] = pairwise_agreement(order, predicted["t_speciation"])
     return {"runs": [str(r) for r in runs], "seeds": seeds, "classes": out_classes, "orders": orders,
-            "theory": predicted, "agreement": agreement, "fmem_level": fmem_level, "level": level,
+            "theory": predicted, "agreement": agreement, "theory_covariance": predicted_cov,
+            "agreement_covariance": agreement_cov, "covariance_reason": cov_reason,
+            "fmem_level": fmem_level, "level": level,
             "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds"}}
 
 

@@ -86,7 +86,45 @@ def run(dim: int, t: float, args: argparse.Namespace, data) -> dict:
     out["isotropic_outliers"] = spec_iso.outliers_[::-1].tolist()
     out["sampled_top"] = sampled[::-1][: max(len(spec.outliers_), 3) + 3].tolist()
     out["sampled_bulk_edges"] = [float(sampled[0]), float(sampled[-1 - len(spec.outliers_)])]
+    out["curves"] = {"sampled": sampled, "covariance": (spec.lambda_, spec.density_),
+                     "isotropic": (spec_iso.lambda_, spec_iso.density_), "outliers": spec.outliers_}
     return out
+
+
+def plot(rows: list[dict], stem: Path) -> None:
+    """Per (d, t): histogram of the sampled eigenvalues (log lambda) with the two theory densities, outliers as
+    ticks (covariance-aware theory above, sampled below)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from classdiff.core.io import save_figure
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 3.2), squeeze=False)
+    for ax, r in zip(axes[0], rows, strict=True):
+        c = r["curves"]
+        ev = c["sampled"]
+        bins = np.geomspace(ev.min() * 0.9, ev.max() * 1.1, 60)
+        # density in log lambda: rho(lambda) lambda
+        ax.hist(ev, bins=bins, weights=np.full(ev.size, 1.0 / ev.size) / np.diff(np.log(bins))[0], color="0.8",
+                label=f"sampled U (p = {r['p']})")
+        for name, color in (("covariance", "C0"), ("isotropic", "C3")):
+            lam, rho = c[name]
+            ax.plot(lam, rho * lam, color=color, lw=1.2,
+                    label=f"{name} theory, W1/w {r[name + '_w1_over_width']:.3f}")
+        top = ax.get_ylim()[1]
+        ax.plot(c["outliers"], np.full(len(c["outliers"]), 0.9 * top), "v", color="C0", ms=4)
+        ax.plot(ev[::-1][: len(c["outliers"])], np.full(len(c["outliers"]), 0.8 * top), "^", color="0.4", ms=4)
+        ax.set_xscale("log")
+        ax.set_xlabel("eigenvalue of U")
+        ax.set_ylabel("density in log eigenvalue")
+        ax.set_title(f"d = {r['dim']}, t = {r['time']}", fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("Gaussian surrogates of Fashion-MNIST Trouser + Bag: spectrum of U (ticks: outliers, "
+                 "theory / sampled)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, stem)
 
 
 def main() -> None:
@@ -101,6 +139,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1024, help="Sobol type nodes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--figure", default=None, help="write the figure (PNG + PDF) to this path stem")
     args = parser.parse_args()
     data = load_fashion_mnist(find_fashion_mnist())
     rows = []
@@ -116,7 +155,11 @@ def main() -> None:
                   f"{r['covariance_w1_full_over_width']:>8.4f} {r['isotropic_w1_full_over_width']:>8.4f} "
                   f"{r['covariance_seconds']:>6.1f} {r['isotropic_seconds']:>6.1f} {r['sample_seconds']:>8.1f}  "
                   f"[{len(r['covariance_outliers'])}] {th} | {sa}", flush=True)
+    if args.figure:
+        plot(rows, Path(args.figure))
     if args.out:
+        for r in rows:
+            r.pop("curves")
         write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})
 
 

@@ -61,7 +61,22 @@ def test_comparison_table_reads_the_order_keys():
                                 "-"]
     assert lines[3].split() == ["0", "30", "0.810", "0.200", "|", "8.25", "70", "|", "20", "300", "250", "0.5"]
     assert lines[4] == "theory   generalization order [0, 7], memorization order [7, 0]"
-    assert lines[5] == "measured generalization order [0, 7], memorization order (loss gap) [0, 7], (f_mem) [0, 7]"
+    assert lines[5] == "covariance-aware theory: not computed (evaluation written before it existed)"
+    assert lines[6] == "measured generalization order [0, 7], memorization order (loss gap) [0, 7], (f_mem) [0, 7]"
+
+
+def test_comparison_table_shows_the_covariance_aware_theory():
+    theory = {"available": False, "reason": "theory prediction failed: X"}
+    result = _result(theory)
+    result["theory_covariance"] = {"available": True,
+                                   "classes": [{"label": 7, "tau_gen": 15.0, "tau_mem": float("inf")},
+                                               {"label": 0, "tau_gen": 9.0, "tau_mem": 80.0}],
+                                   ORDER_KEYS["tau_gen"]: [0, 7], ORDER_KEYS["tau_mem"]: [0]}
+    lines = evaluation.format_comparison(result).splitlines()
+    assert lines[5] == ("covariance-aware theory: class 7 tau_gen 15 tau_mem inf, class 0 tau_gen 9 tau_mem 80; "
+                        "generalization order [0, 7], memorization order [0]")
+    result["theory_covariance"] = {"available": False, "reason": "covariance-aware theory failed: Y"}
+    assert evaluation.format_comparison(result).splitlines()[5] == "covariance-aware theory: covariance-aware theory failed: Y"
 
 
 def test_comparison_table_without_theory_gives_the_reason():

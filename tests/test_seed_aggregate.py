@@ -164,6 +164,9 @@ def test_covariance_aware_column_and_its_agreement(tmp_path, capsys):
     assert cli.main(["seeds", *map(str, runs), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "with the covariance-aware theory on 0 of 1" in text
+    # the same value in every seed is printed as one value, not as a zero-width interval
+    row = next(line for line in text.splitlines() if line.split()[:2] == ["1", "tau_mem"])
+    assert "[60, 60]" not in row and " 60 " in row
     table = json.loads((out / "results.json").read_text())["table"]
     row1 = table["classes"][1]
     assert row1["predicted"]["covariance_aware"]["tau_mem"]["estimate"] == pytest.approx(60.0)

@@ -98,3 +98,15 @@ def test_summary_without_theory_leaves_prediction_empty():
     rows = demo.summary_rows({"5-unet": {"evaluation": evaluation}})
     assert [r.predicted_order for r in rows] == [None, None]
     assert [r.measured_order for r in rows] == [2, 1]
+
+
+def test_summary_shows_the_covariance_aware_ranks():
+    evaluation = _fake_unet(type("C", (), {"images": type("I", (), {"classes": (0, 1)})})(), None)["evaluation"]
+    assert [r.covariance_order for r in demo.summary_rows({"5-unet": {"evaluation": evaluation}})] == [None, None]
+    evaluation["theory_covariance"] = {"available": True, ORDER_KEYS["tau_gen"]: [1, 0], ORDER_KEYS["tau_mem"]: [0]}
+    rows = demo.summary_rows({"5-unet": {"evaluation": evaluation}})
+    assert [r.covariance_order for r in rows] == [2, 1]
+    assert [r.covariance_memorization_order for r in rows] == [1, None]  # class 1 not in the order: no rank
+    assert "cov-aware memorization order" in demo.format_table(rows)
+    evaluation["theory_covariance"] = {"available": False, "reason": "failed"}
+    assert [r.covariance_order for r in demo.summary_rows({"5-unet": {"evaluation": evaluation}})] == [None, None]

@@ -60,7 +60,9 @@ class StageRecord:
 @dataclass
 class SummaryRow:
     """One (experiment, class) of the summary: ranks in the predicted and measured orders (1 = first; None:
-    the class is not in that order), and f_mem at the last checkpoint (None: does not apply)."""
+    the class is not in that order), and f_mem at the last checkpoint (None: does not apply). For the U-Net rows,
+    ``covariance_order`` / ``covariance_memorization_order`` are the ranks predicted by the covariance-aware theory
+    (``docs/theory.md`` §8; None where it was not computed or does not apply)."""
 
     experiment: str
     label: int
@@ -69,12 +71,16 @@ class SummaryRow:
     predicted_memorization_order: int | None
     measured_memorization_order: int | None
     f_mem: float | None = None
+    covariance_order: int | None = None
+    covariance_memorization_order: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "class": self.label, "predicted order": self.predicted_order,
                 "measured order": self.measured_order,
                 "predicted memorization order": self.predicted_memorization_order,
-                "measured memorization order": self.measured_memorization_order, "f_mem": self.f_mem}
+                "measured memorization order": self.measured_memorization_order, "f_mem": self.f_mem,
+                "cov-aware order": self.covariance_order,
+                "cov-aware memorization order": self.covariance_memorization_order}
 
 
 @dataclass
@@ -221,6 +227,8 @@ def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:
     evaluation = results.get("5-unet", {}).get("evaluation", {})
     measured_u = evaluation.get("measured", {})
     theory_u = evaluation.get("theory", {}) if evaluation.get("theory", {}).get("available") else {}
+    cov_u = evaluation.get("theory_covariance") or {}
+    cov_u = cov_u if cov_u.get("available") else {}
     for c in measured_u.get("classes", []):
         label = int(c["label"])
         f_mem = c.get("f_mem_final")
@@ -228,7 +236,8 @@ def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:
                                _rank(_order_of(measured_u, "tau_gen"), label),
                                _rank(_order_of(theory_u, "tau_mem"), label),
                                _rank(_order_of(measured_u, "tau_mem"), label),
-                               None if f_mem is None else float(f_mem)))
+                               None if f_mem is None else float(f_mem),
+                               _rank(_order_of(cov_u, "tau_gen"), label), _rank(_order_of(cov_u, "tau_mem"), label)))
     return rows
 
 

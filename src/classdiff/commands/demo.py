@@ -204,6 +204,11 @@ def _order_of(section: dict[str, Any], key: str) -> list[int] | None:
     return section.get(ORDER_KEYS[key])
 
 
+def _available(section: dict[str, Any] | None) -> dict[str, Any]:
+    """An evaluation's theory section if it was computed, else {} (its orders then give no ranks)."""
+    return section if section and section.get("available") else {}
+
+
 def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:
     """One row per (experiment, class) from the stage results: predicted and measured orders (1 = first), f_mem.
 
@@ -226,9 +231,7 @@ def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:
                                    _rank(th_mem, label), _rank(me_mem, label)))
     evaluation = results.get("5-unet", {}).get("evaluation", {})
     measured_u = evaluation.get("measured", {})
-    theory_u = evaluation.get("theory", {}) if evaluation.get("theory", {}).get("available") else {}
-    cov_u = evaluation.get("theory_covariance") or {}
-    cov_u = cov_u if cov_u.get("available") else {}
+    theory_u, cov_u = (_available(evaluation.get(key)) for key in ("theory", "theory_covariance"))
     for c in measured_u.get("classes", []):
         label = int(c["label"])
         f_mem = c.get("f_mem_final")

@@ -117,12 +117,10 @@ def _cell(s: dict[str, Any] | None, spec: str) -> str:
         return "-"
     est = s["estimate"]
     lo, hi = s["interval"]
-    if lo == hi == est:
-        # the same value in every seed (e.g. the covariance-aware theory, which uses all images of each class)
+    # no interval, or the same value in every seed (the covariance-aware theory uses all images of each class)
+    if (isinstance(lo, float) and math.isnan(lo)) or lo == hi == est:
         return format_value(est, spec)
-    if not (isinstance(lo, float) and math.isnan(lo)):
-        return f"{format_value(est, spec)} [{format_value(lo, spec)}, {format_value(hi, spec)}]"
-    return format_value(est, spec)
+    return f"{format_value(est, spec)} [{format_value(lo, spec)}, {format_value(hi, spec)}]"
 
 
 def format_comparison_table(table: dict[str, Any]) -> str:

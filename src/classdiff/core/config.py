@@ -306,12 +306,14 @@ class TheoryConfig(_Section):
     bootstrap: int = 500
     seed: int = 0
     type_nodes: int = 48
+    type_rule: str = "gauss-hermite"
     n_scan: int = 400
     phase_points: int = 7
 
     def __post_init__(self) -> None:
         s = "theory."
         object.__setattr__(self, "type_nodes", _integer(s + "type_nodes", self.type_nodes, 4))
+        _choice(s + "type_rule", self.type_rule, ("trapezoid", "gauss-hermite"))
         object.__setattr__(self, "n_scan", _integer(s + "n_scan", self.n_scan, 50))
         object.__setattr__(self, "phase_points", _integer(s + "phase_points", self.phase_points, 2))
         object.__setattr__(self, "n_lambda", _integer(s + "n_lambda", self.n_lambda, 10))

@@ -8,8 +8,8 @@ derives it. Notation (as in ``DESIGN.md`` and ``docs/theory.md``):
 * a feature i has a *type*: its pre-activation means m_{c,i} = e^{-t} w_i.mu_c / sqrt(d), jointly Gaussian over
   c with covariance e^{-2t} (mu_c.mu_k / d); the GE constants a_{c,i}, v2_{c,i}, s2_{c,i}, kappa0_{c,i} are
   functions of the type only (``classdiff.rf.features.equivalence_constants``). Expectations over types are a
-  quadrature: nodes xi_j with weights omega_j (tensor Gauss–Hermite in the rank r <= 3 of the centroid Gram
-  matrix, a seeded scrambled Sobol rule beyond);
+  quadrature: nodes xi_j with weights omega_j (tensor Gauss–Hermite by default, or a tensor trapezoid rule, in the
+  rank r <= 3 of the centroid Gram matrix, a seeded scrambled Sobol rule beyond);
 * A_c = e^{-2t} sigma_c^2, Delta = Delta_t, psi_p = p/d, psi_n = n/d.
 
 Unknowns at each spectral parameter z (Im z > 0): delta_c (K,) and the symmetric K x K matrix
@@ -146,12 +146,35 @@ class FeatureTypes:
         return float(self.s2_bar[0]), float(mass)
 
 
-def _type_nodes(gram: Array, n_max: int, seed: int) -> tuple[Array, Array]:
+TYPE_RULES = ("trapezoid", "gauss-hermite")
+_TRAPEZOID_HALF_WIDTH = 6.0  # nodes on [-6, 6] per standard axis; the Gaussian weight at the end is e^-18
+
+
+def _axis_rule(rule: str, m: int) -> tuple[Array, Array]:
+    """One-dimensional rule for E f(z), z ~ N(0, 1): m nodes and unnormalised weights."""
+    if rule == "gauss-hermite":
+        return gauss_hermite(m)
+    z = np.linspace(-_TRAPEZOID_HALF_WIDTH, _TRAPEZOID_HALF_WIDTH, m)
+    return z, np.exp(-0.5 * z**2)
+
+
+def _type_nodes(gram: Array, n_max: int, seed: int, rule: str = "gauss-hermite") -> tuple[Array, Array]:
     """Quadrature for E over m ~ N(0, gram) (K-dim): nodes (K, N) and weights (N,).
 
-    The rank r of ``gram`` sets the dimension; r = 0 gives one node at 0; r <= 3 a tensor Gauss–Hermite rule
-    with floor(n_max^(1/r)) points per axis; r > 3 a scrambled Sobol rule of n_max points (seeded).
+    The rank r of ``gram`` sets the dimension; r = 0 gives one node at 0. For r <= 3 the rule is a tensor product
+    of a one-dimensional ``rule``: Gauss–Hermite with n_max, n_max/3 and n_max/6 points per axis for r = 1, 2, 3,
+    dropping nodes below 1e-6 of the largest weight; the trapezoid rule on [-6, 6] with max(16, n_max^(1/r))
+    points per axis, dropping nodes below 1e-8 (the tensor corners). r > 3 uses a scrambled
+    Sobol rule of n_max points (seeded).
+
+    The trapezoid rule spaces the nodes evenly in m. That matters for the part of the spectrum below the
+    generalization bulk: there every type contributes a narrow piece near its own s2, so the density is the
+    image of the type law under m -> s2(m), and a rule that crowds its nodes near m = 0 (Gauss–Hermite, whose
+    outer nodes also fall under the weight cut) leaves gaps in that image. ``docs/theory.md`` §4.1 gives the
+    measured convergence.
     """
+    if rule not in TYPE_RULES:
+        raise ValueError(f"theory.type_rule = {rule!r}: allowed values are {', '.join(TYPE_RULES)}")
     k = gram.shape[0]
     evals, evecs = np.linalg.eigh(0.5 * (gram + gram.T))
     keep = evals > 1e-12 * max(1.0, float(np.abs(evals).max(initial=0.0)))
@@ -160,14 +183,20 @@ def _type_nodes(gram: Array, n_max: int, seed: int) -> tuple[Array, Array]:
     L = evecs[:, keep] * np.sqrt(evals[keep])  # (K, r)
     r = L.shape[1]
     if r <= 3:
-        m = {1: n_max, 2: max(8, n_max // 3), 3: max(6, n_max // 6)}[r]
-        z, w = gauss_hermite(m)
+        if rule == "gauss-hermite":
+            m = {1: n_max, 2: max(8, n_max // 3), 3: max(6, n_max // 6)}[r]
+            cut = 1e-6
+        else:
+            # at least 16 points per axis (step 0.8 on [-6, 6]): the trapezoid error for a Gaussian weight falls
+            # like exp(-2 pi^2 / step^2), below 1e-12 here
+            m = max(16, int(np.ceil(n_max ** (1.0 / r))))
+            cut = 1e-8
+        z, w = _axis_rule(rule, m)
         grids = np.meshgrid(*([z] * r), indexing="ij")
         wgrids = np.meshgrid(*([w] * r), indexing="ij")
         xi = np.stack([g.ravel() for g in grids])  # (r, N)
         wt = np.prod(np.stack([g.ravel() for g in wgrids]), axis=0)
-        # drop negligible nodes (tensor-product corners) to save work
-        keepn = wt > 1e-6 * wt.max()
+        keepn = wt > cut * wt.max()
         xi, wt = xi[:, keepn], wt[keepn]
     else:
         from scipy.stats import norm, qmc
@@ -180,7 +209,7 @@ def _type_nodes(gram: Array, n_max: int, seed: int) -> tuple[Array, Array]:
 
 def feature_types(
     weights, variances, centroids, time: float, psi_p: float, psi_n: float, activation: str = "tanh",
-    n_nodes: int = 48, seed: int = 0,
+    n_nodes: int = 48, seed: int = 0, rule: str = "gauss-hermite",
 ) -> FeatureTypes:
     """Build :class:`FeatureTypes` for a mixture.
 
@@ -190,7 +219,8 @@ def feature_types(
     variances : (K,) class variances sigma_c^2.
     centroids : (K, d) class means mu_c (only their Gram matrix mu_c.mu_k/d and d matter).
     time, psi_p, psi_n, activation : model parameters.
-    n_nodes : quadrature budget for the type average (per axis n_nodes^(1/r)).
+    n_nodes : quadrature budget for the type average (per axis about n_nodes^(1/r)).
+    rule : one-dimensional rule of the type quadrature, one of :data:`TYPE_RULES` (see :func:`_type_nodes`).
     """
     rho = np.asarray(weights, dtype=np.float64)
     var = np.asarray(variances, dtype=np.float64)
@@ -202,7 +232,7 @@ def feature_types(
         raise ValueError(f"psi_p = {psi_p!r}, psi_n = {psi_n!r}: must be > 0")
     e_t = float(signal_scale(time))
     gram = e_t**2 * (mu @ mu.T) / d
-    means, node_w = _type_nodes(gram, n_nodes, seed)
+    means, node_w = _type_nodes(gram, n_nodes, seed, rule)
     consts = [equivalence_constants(activation, time, float(var[c]), means[c]) for c in range(k)]
     stack = lambda name: np.stack([np.broadcast_to(getattr(g, name), means[c].shape) for c, g in enumerate(consts)])  # noqa: E731
     return FeatureTypes(

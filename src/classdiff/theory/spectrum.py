@@ -85,11 +85,11 @@ def types_for_mixture(mixture: GaussianMixture, model: ModelConfig, theory: Theo
 
     ``mixture.weights`` are the training fractions rho_c = n_c/n; its per-class mean variances tr(Sigma_c)/d and
     centroids are used as given; psi_p, psi_n, t and the activation come from ``model``, the type quadrature
-    (``type_nodes`` unless ``n_nodes``) and its seed from ``theory``.
+    (``type_rule``, ``type_nodes`` unless ``n_nodes``) and its seed from ``theory``.
     """
     nodes = n_nodes if n_nodes is not None else theory.type_nodes
     return feature_types(mixture.weights, mixture.mean_variances, mixture.centroids, model.time, model.psi_p,
-                         model.psi_n, model.activation, n_nodes=nodes, seed=theory.seed)
+                         model.psi_n, model.activation, n_nodes=nodes, seed=theory.seed, rule=theory.type_rule)
 
 
 def training_mixture(config: Config) -> GaussianMixture:
@@ -687,6 +687,24 @@ class FeatureSpectrum:
         x, _ = solve_points(self.types_, zs, tol=self._newton_tol)
         q = resolvent_parts(self.types_, zs, x)["Qbar"] @ self.types_.node_weights
         return np.where(flip, q.conj(), q).reshape(np.shape(z))
+
+    def smoothed_density(self, lam: Any, resolution: float) -> Array:
+        """Im q(lambda + i resolution)/pi at real points lam (L,): the density convolved with the Cauchy kernel
+        of half-width ``resolution`` (so it carries the atoms too). Solved by continuation in the imaginary part
+        from far above the spectrum (:func:`classdiff.theory.solver.solve_on_line`). This is the quantity to
+        compare between quadratures or with an eigenvalue histogram of that resolution: below the
+        generalization bulk the eps -> 0 density of a discretised type law is a comb whose teeth move with the
+        node count (``docs/theory.md`` §4.1)."""
+        from classdiff.theory.solver import solve_on_line
+
+        self._check_fitted()
+        if not resolution > 0:
+            raise ValueError(f"resolution = {resolution!r}: must be > 0")
+        lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
+        x, _, _ = solve_on_line(self.types_, lam, float(resolution), eps_start=max(self.upper_bound_, 10 * resolution),
+                                tol=self._newton_tol)
+        q = resolvent_parts(self.types_, lam + 1j * resolution, x)["Qbar"] @ self.types_.node_weights
+        return q.imag / np.pi
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "density_"):

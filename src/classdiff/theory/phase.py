@@ -23,7 +23,7 @@ Every grid point is a config derived with ``Config.with_overrides`` and timed by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,6 +90,31 @@ def reversal_boundary(log_weight_ratio: Array, log_time_ratio: Array) -> Array:
     return out
 
 
+def _order_diagram(config: Config, axis_name: str, axis: Array, weight_ratios: Sequence[float],
+                   overrides: Callable[[float], dict[str, Any]], tau: Array | None, predictor: str) -> dict[str, Any]:
+    """Times over ``axis`` (A,) x rho_1/rho_2 (R,); ``overrides(a)`` gives the config changes of axis value a.
+    The ratio 1 (balance) is added to the weight axis when missing: the reversal is read against it."""
+    _check_two_classes(config)
+    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
+    wr = np.asarray(weight_ratios, dtype=np.float64)
+    if not np.any(np.isclose(wr, 1.0)):
+        wr = np.sort(np.append(wr, 1.0))
+    gen = np.full((axis.size, wr.size, 2), np.nan)
+    mem = np.full_like(gen, np.nan)
+    for i, a in enumerate(axis):
+        for j, w in enumerate(wr):
+            rho1 = w / (1.0 + w)
+            cfg = config.with_overrides(overrides(float(a)) | {"mixture.weights": [rho1, 1.0 - rho1]})
+            gen[i, j], mem[i, j] = _times(cfg, tau, predictor)
+    lw = np.log(wr)
+    return {
+        "predictor": predictor, axis_name: axis, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
+        "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2),
+        "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
+        "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
+    }
+
+
 def variance_imbalance_diagram(config: Config, variance_ratios: Sequence[float], weight_ratios: Sequence[float],
                                tau: Array | None = None, predictor: str = "theory") -> dict[str, Any]:
     """Times over sigma_1^2/sigma_2^2 (V,) x rho_1/rho_2 (R,) at fixed sigma_1^2 sigma_2^2 (geometric mean kept).
@@ -97,28 +122,9 @@ def variance_imbalance_diagram(config: Config, variance_ratios: Sequence[float],
     Returns ``tau_gen``, ``tau_mem`` (V, R, 2), ``learned_first``, ``memorized_first`` (V, R) (class index),
     ``reversal_gen``, ``reversal_mem`` (V,) (rho_1/rho_2 where the order flips w.r.t. balance, nan if never).
     """
-    _check_two_classes(config)
-    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
     v0 = float(np.sqrt(np.prod(config.mixture.variances)))
-    vr = np.asarray(variance_ratios, dtype=np.float64)
-    wr = np.asarray(weight_ratios, dtype=np.float64)
-    if not np.any(np.isclose(wr, 1.0)):
-        wr = np.sort(np.append(wr, 1.0))
-    gen = np.full((vr.size, wr.size, 2), np.nan)
-    mem = np.full_like(gen, np.nan)
-    for i, r in enumerate(vr):
-        for j, w in enumerate(wr):
-            rho1 = w / (1.0 + w)
-            cfg = config.with_overrides({"mixture.variances": [v0 * np.sqrt(r), v0 / np.sqrt(r)],
-                                         "mixture.weights": [rho1, 1.0 - rho1]})
-            gen[i, j], mem[i, j] = _times(cfg, tau, predictor)
-    lw = np.log(wr)
-    return {
-        "predictor": predictor, "variance_ratios": vr, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
-        "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2),
-        "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
-        "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
-    }
+    return _order_diagram(config, "variance_ratios", np.asarray(variance_ratios, dtype=np.float64), weight_ratios,
+                          lambda r: {"mixture.variances": [v0 * np.sqrt(r), v0 / np.sqrt(r)]}, tau, predictor)
 
 
 def centroid_imbalance_diagram(config: Config, centroid_norms: Sequence[float], weight_ratios: Sequence[float],
@@ -128,27 +134,8 @@ def centroid_imbalance_diagram(config: Config, centroid_norms: Sequence[float], 
     Returns ``tau_gen``, ``tau_mem`` (M, R, 2), ``learned_first``, ``memorized_first`` (M, R) (class index),
     ``reversal_gen``, ``reversal_mem`` (M,) (rho_1/rho_2 where the order flips w.r.t. balance, nan if never).
     """
-    _check_two_classes(config)
-    tau = np.geomspace(1e-2, 1e6, 240) if tau is None else tau
-    mm = np.asarray(centroid_norms, dtype=np.float64)
-    wr = np.asarray(weight_ratios, dtype=np.float64)
-    if not np.any(np.isclose(wr, 1.0)):
-        wr = np.sort(np.append(wr, 1.0))
-    gen = np.full((mm.size, wr.size, 2), np.nan)
-    mem = np.full_like(gen, np.nan)
-    for i, m in enumerate(mm):
-        for j, w in enumerate(wr):
-            rho1 = w / (1.0 + w)
-            cfg = config.with_overrides({"mixture.centroid_norms": [float(m), float(m)],
-                                         "mixture.weights": [rho1, 1.0 - rho1]})
-            gen[i, j], mem[i, j] = _times(cfg, tau, predictor)
-    lw = np.log(wr)
-    return {
-        "predictor": predictor, "centroid_norms": mm, "weight_ratios": wr, "tau_gen": gen, "tau_mem": mem,
-        "learned_first": np.argmin(gen, axis=2), "memorized_first": np.argmin(mem, axis=2),
-        "reversal_gen": np.exp(reversal_boundary(lw, np.log(gen[..., 0] / gen[..., 1]))),
-        "reversal_mem": np.exp(reversal_boundary(lw, np.log(mem[..., 0] / mem[..., 1]))),
-    }
+    return _order_diagram(config, "centroid_norms", np.asarray(centroid_norms, dtype=np.float64), weight_ratios,
+                          lambda m: {"mixture.centroid_norms": [m, m]}, tau, predictor)
 
 
 def order_agreement(theory: Array, measured: Array, tie: float = 0.1) -> dict[str, Any]:

@@ -97,12 +97,18 @@ def test_one_seed_claims_no_order(tmp_path):
     assert res["agreement"]["tau_mem"]["pairs"] == 0
 
 
-def _add_cloning(run, t_unet, t_theory=(1.2, 0.9), share=(0.8, 0.2)):
-    """cloning/results.json as 'classdiff cloning' writes it (only the fields the aggregation reads)."""
+def _add_cloning(run, t_unet, t_theory=(1.2, 0.9), share=(0.8, 0.2), t_cov=None):
+    """cloning/results.json as 'classdiff cloning' writes it (only the fields the aggregation reads); ``t_cov``:
+    the covariance-aware theory's times (absent: results written before it existed)."""
     classes = [{"label": lab, "t_speciation_unet": t_unet[i], "t_speciation_theory": t_theory[i],
                 "sample_share": share[i]} for i, lab in enumerate((8, 1))]
+    extra = {}
+    if t_cov is not None:
+        for i, c in enumerate(classes):
+            c["t_speciation_theory_covariance"] = t_cov[i]
+        extra["speciation_order_theory_covariance"] = [8, 1] if t_cov[0] > t_cov[1] else [1, 8]
     write_json_atomic(run / "cloning" / "results.json",
-                      encode({"classes": classes, "speciation_order_theory": [8, 1]}))
+                      encode({"classes": classes, "speciation_order_theory": [8, 1]} | extra))
 
 
 def test_speciation_over_seeds_and_the_comparison_table(tmp_path, capsys):
@@ -172,3 +178,32 @@ def test_covariance_aware_column_and_its_agreement(tmp_path, capsys):
     assert row1["predicted"]["covariance_aware"]["tau_mem"]["estimate"] == pytest.approx(60.0)
     assert row1["predicted"]["covariance_aware"]["t_speciation"]["estimate"] == "nan"
     assert table["orders"]["covariance_aware"]["tau_mem"] == [1, 8]
+
+
+def test_covariance_aware_speciation_time_and_its_agreement(tmp_path, capsys):
+    runs = []
+    for s, (t8, t1) in enumerate([(1.5, 0.6), (1.4, 0.7), (1.6, 0.65)]):
+        run = fake_run(tmp_path / f"s{s}", s, (100.0, 1000.0), ([0, 0, 0.2, 0.6], [0, 0, 0.1, 0.5]), [0.8, 0.2])
+        ev = json.loads((run / "metrics" / "evaluation.json").read_text())
+        ev["theory_covariance"] = {"available": True, "classes": [{"label": 8, "tau_gen": 4.0, "tau_mem": 90.0},
+                                                                   {"label": 1, "tau_gen": 9.0, "tau_mem": 60.0}],
+                                   "generalization_order": [8, 1], "memorization_order": [1, 8]}
+        write_json_atomic(run / "metrics" / "evaluation.json", ev)
+        # the covariance-aware surrogate commits class 1 first, against the U-Net's resolved order [8, 1]
+        _add_cloning(run, (t8, t1), t_cov=(0.8, 1.1))
+        runs.append(run)
+    res = aggregate_runs(runs)
+    assert res["orders"]["t_speciation"]["order"] == [8, 1]
+    assert res["theory_covariance"]["t_speciation"] == [1, 8]
+    assert res["agreement_covariance"]["t_speciation"]["pairs"] == 1
+    assert res["agreement_covariance"]["t_speciation"]["agree"] == 0
+    assert res["classes"][1]["t_speciation_theory_covariance"]["estimate"] == pytest.approx(1.1)
+    out = tmp_path / "table"
+    assert cli.main(["seeds", *map(str, runs), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.split()[:2] == ["1", "t_speciation"])
+    assert " 1.100 " in row
+    assert "predate" not in text
+    table = json.loads((out / "results.json").read_text())["table"]
+    assert table["classes"][1]["predicted"]["covariance_aware"]["t_speciation"]["estimate"] == pytest.approx(1.1)
+    assert table["orders"]["covariance_aware"]["t_speciation"] == [1, 8]

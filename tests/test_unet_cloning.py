@@ -109,9 +109,12 @@ def test_cloning_command_on_a_tiny_run(tmp_path, monkeypatch):
     assert res["checkpoint_step"] == 20
     assert sum(c["sample_share"] for c in res["classes"]) == pytest.approx(1.0)
     for c in res["classes"]:  # a time is a number, "inf" or "not reached"; never null
-        for key in ("t_speciation_unet", "t_speciation_unet_relative", "t_speciation_theory"):
+        for key in ("t_speciation_unet", "t_speciation_unet_relative", "t_speciation_theory",
+                    "t_speciation_theory_covariance", "t_speciation_theory_covariance_relative"):
             assert c[key] in ("inf", "nan", "not reached") or isinstance(c[key], float), (key, c[key])
         assert len(c["t_speciation_unet_interval"]) == 2
     assert np.asarray(res["curves"]["phi"]).shape == (3, 2)
+    assert res["covariance_speciation"]["available"], res["covariance_speciation"]
+    assert np.asarray(res["curves"]["theory_covariance_phi"]).shape == (120, 2)
     assert (out / "cloning.png").is_file() and (out / "cloning.pdf").is_file()
     assert cli.main(["cloning", str(run), "--out", str(tmp_path / "bad"), "--trajectories", "1"]) == 1

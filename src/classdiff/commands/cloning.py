@@ -51,20 +51,31 @@ def format_cloning(result: dict[str, Any]) -> str:
     def iv(pair: list[Any]) -> str:
         return f"[{f(pair[0], '.3f')}, {f(pair[1], '.3f')}]"
 
+    def cov(c: dict[str, Any], suffix: str) -> str:  # results written before the covariance-aware theory: "-"
+        key = "t_speciation_theory_covariance" + suffix
+        return f(c[key], ".3f") if key in c else "-"
+
     lines = [f"U-Net cloning at checkpoint step {result['checkpoint_step']}: {result['n_trajectories']} "
              f"trajectories, {result['sampler_steps']} stochastic DDIM steps, level phi* = {result['threshold']}",
              f"{'class':>6} {'n_c':>5} {'share':>6} | {'t_S U-Net':>10} {'interval':>18} {'theory':>8} {'closed':>8}"
-             f" | {'rel U-Net':>10} {'interval':>18} {'theory':>8}"]
+             f" {'cov-aware':>9} | {'rel U-Net':>10} {'interval':>18} {'theory':>8} {'cov-aware':>9}"]
     for c in result["classes"]:
         lines.append(
             f"{c['label']:>6} {c['count']:>5} {c['sample_share']:>6.3f} | {f(c['t_speciation_unet'], '.3f'):>10} "
             f"{iv(c['t_speciation_unet_interval']):>18} {f(c['t_speciation_theory'], '.3f'):>8} "
-            f"{f(c['t_speciation_closed_form'], '.3f'):>8} | {f(c['t_speciation_unet_relative'], '.3f'):>10} "
-            f"{iv(c['t_speciation_unet_relative_interval']):>18} {f(c['t_speciation_theory_relative'], '.3f'):>8}")
+            f"{f(c['t_speciation_closed_form'], '.3f'):>8} {cov(c, ''):>9} | "
+            f"{f(c['t_speciation_unet_relative'], '.3f'):>10} {iv(c['t_speciation_unet_relative_interval']):>18} "
+            f"{f(c['t_speciation_theory_relative'], '.3f'):>8} {cov(c, '_relative'):>9}")
     lines.append(f"order (first to commit first): U-Net {result['speciation_order_unet']}, theory "
                  f"{result['speciation_order_theory']}; relative: U-Net {result['speciation_order_unet_relative']}, "
                  f"theory {result['speciation_order_theory_relative']}")
-    lines.append("inf = committed at the first branching step; not reached = never reached the level")
+    if result.get("speciation_order_theory_covariance") is not None:
+        lines.append(f"covariance-aware theory (spiked full covariances of all the class's images): order "
+                     f"{result['speciation_order_theory_covariance']}")
+    elif result.get("covariance_speciation", {}).get("reason"):
+        lines.append(str(result["covariance_speciation"]["reason"]))
+    lines.append("inf = committed at the first branching step (theory: at the largest time of its grid); "
+                 "not reached = never reached the level; nan = not computed")
     return "\n".join(lines)
 
 
@@ -87,6 +98,9 @@ def plot_cloning(result: dict[str, Any], stem: Path) -> None:
         color = f"C{c}"
         ax.plot(tt, tphi[:, c], "-", color=color, lw=1.2,
                 label=f"class {cls['label']} theory (Gaussian surrogate, rho = {cls['weight']:.2f})")
+        if cur.get("theory_covariance_phi"):
+            ax.plot(cur["theory_covariance_times"], np.asarray(cur["theory_covariance_phi"])[:, c], "--", color=color,
+                    lw=1.0, label=f"class {cls['label']} covariance-aware theory")
         ok = np.isfinite(phi[:, c])
         ax.errorbar(bt[ok], phi[ok, c], yerr=[phi[ok, c] - lo[ok, c], hi[ok, c] - phi[ok, c]], fmt="o", ms=4,
                     color=color, capsize=3, label=f"class {cls['label']} U-Net cloning (share {cls['sample_share']:.2f})")

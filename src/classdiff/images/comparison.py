@@ -7,8 +7,9 @@ exists:
   seeds): tau_gen, tau_mem in the RF model's training time tau; t_S (OU time) for the Gaussian surrogate;
 * predicted, covariance-aware theory (``theory.audit.predict_with_covariances``: each class's Gaussian surrogate
   with the centroid and full covariance of all its images, ``docs/theory.md`` §8): tau_gen, tau_mem, the same for
-  every seed (the surrogate does not depend on the subset); t_S is not computed for full covariances (nan, with
-  the reason), nor is anything for evaluations written before the covariance-aware section existed;
+  every seed (the surrogate does not depend on the subset); t_S from the same surrogates with spiked covariances
+  (``theory.speciation_covariance``, written by ``classdiff cloning``); nothing (nan, with the reason) for
+  evaluations or cloning results written before these sections existed;
 * measured, random features on the real pixels (``classdiff dynamics --data``; exact gradient flow on one
   subset: a point value, no interval), in tau;
 * measured, U-Net (``classdiff seeds``): tau_gen, tau_mem (loss gap), tau_fmem (f_mem level) in optimizer steps,
@@ -30,8 +31,8 @@ from classdiff.core.results import is_reached, reached
 
 __all__ = ["COVARIANCE_AWARE_REASON", "comparison_table", "format_comparison_table", "plot_comparison_table"]
 
-COVARIANCE_AWARE_REASON = ("t_S not computed: the speciation theory (theory.speciation) is derived for isotropic "
-                           "classes only")
+COVARIANCE_AWARE_REASON = ("t_S not computed: the cloning results predate the covariance-aware speciation theory "
+                           "(re-run 'classdiff cloning')")
 
 #: measured quantity -> the predicted quantity whose order it is compared with
 PREDICTED_FOR = {"tau_gen": "tau_gen", "tau_mem": "tau_mem", "tau_fmem": "tau_mem", "t_speciation": "t_speciation"}
@@ -71,7 +72,10 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
         cov = {key: _point(None) for key in ("tau_gen", "tau_mem", "t_speciation")}
         if cov_times is not None:
             cov.update(tau_gen=cov_times["tau_gen"], tau_mem=cov_times["tau_mem"])
-            cov["reason"] = COVARIANCE_AWARE_REASON
+            if "t_speciation_theory_covariance" in c:
+                cov["t_speciation"] = c["t_speciation_theory_covariance"]
+            else:
+                cov["reason"] = COVARIANCE_AWARE_REASON
         else:
             cov["reason"] = aggregate.get("covariance_reason") or "not computed"
         rfc = rf_by_label.get(lab)
@@ -89,7 +93,7 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
     predicted_cov = aggregate.get("theory_covariance")
     agreement_cov: dict[str, dict[str, Any]] = {}
     if predicted_cov:
-        orders["covariance_aware"] = {k: predicted_cov.get(k) for k in ("tau_gen", "tau_mem")}
+        orders["covariance_aware"] = {k: predicted_cov.get(k) for k in ("tau_gen", "tau_mem", "t_speciation")}
         agreement_cov["unet"] = dict(aggregate.get("agreement_covariance", {}))
     if rf is not None:
         rf_orders = {}
@@ -141,7 +145,13 @@ def format_comparison_table(table: dict[str, Any]) -> str:
             lines.append(f"{r['label']:>6} {key:<13} {iso_cell:>22} {_cell(cov.get(pred_key), spec):>10} "
                          f"{rf_cell:>10} {_cell(un.get(key), spec):>26}")
     reason = table.get("covariance_reason")
-    lines.append(f"covariance-aware theory: {reason}" if reason else f"covariance-aware theory: {COVARIANCE_AWARE_REASON}")
+    if reason:
+        lines.append(f"covariance-aware theory: {reason}")
+    else:
+        ts_reasons = {r["predicted"]["covariance_aware"].get("reason") for r in table["classes"]} - {None}
+        lines.append("covariance-aware theory: " + ("; ".join(sorted(ts_reasons)) if ts_reasons else
+                                                    "tau_gen, tau_mem (docs/theory.md §8) and t_S (spiked "
+                                                    "covariances, docs/speciation.md §6c) of all images per class"))
     for source, orders in table["orders"].items():
         for key, o in orders.items():
             if isinstance(o, dict):

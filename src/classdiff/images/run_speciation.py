@@ -10,6 +10,7 @@ subset (``GaussianMixture.fit``: rho_c = n_c / n, centroids, tr(Sigma_c)/d), at 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,17 @@ def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler
     grid = np.linspace(0.01, float(schedule.ou_time[-1]), 300)
     th_abs = speciation_times(mixture, threshold, "absolute", times=grid)
     th_rel = speciation_times(mixture, threshold, "relative", times=grid)
+    # covariance-aware surrogate: centroid and full covariance of all the class's images, spiked (docs/speciation.md §6c)
+    cov_grid = np.linspace(0.01, float(schedule.ou_time[-1]), 120)
+    try:
+        from classdiff.theory.audit import speciation_with_covariances
+
+        all_x = to_model_space(data.train_images).reshape(len(data.train_images), -1).astype(np.float64)
+        cov_sp = speciation_with_covariances(all_x, data.train_labels, classes, loaded["counts"], cov_grid,
+                                             threshold, seed=seed)
+        cov_reason = None
+    except Exception as exc:  # report, do not lose the measurement
+        cov_sp, cov_reason = None, f"covariance-aware speciation failed: {type(exc).__name__}: {exc}"
     classes_out = []
     for c in range(k):
         classes_out.append({
@@ -115,6 +127,9 @@ def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler
             "t_speciation_theory_relative": reached(th_rel.t_theory[c]),
             "t_speciation_closed_form": reached(th_abs.t_closed_form[c]),
             "surrogate_variance": float(mixture.mean_variances[c]),
+            "t_speciation_theory_covariance": cov_sp["t_speciation"][c] if cov_sp else math.nan,
+            "t_speciation_theory_covariance_relative": (cov_sp["t_speciation_relative"][c] if cov_sp
+                                                        else math.nan),
         })
     return {
         "run": str(run),
@@ -123,6 +138,12 @@ def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler
         "speciation_order_unet": class_order(t_abs, labels=classes, backward_time=True),
         "speciation_order_theory": class_order([reached(v) for v in th_abs.t_theory], labels=classes, backward_time=True),
         "speciation_order_unet_relative": class_order(t_rel, labels=classes, backward_time=True),
+        "speciation_order_theory_covariance": (class_order(cov_sp["t_speciation"], labels=classes, backward_time=True)
+                                               if cov_sp else None),
+        "covariance_speciation": ({"available": True, "rank": cov_sp["rank"],
+                                   "surrogate": "N(mu_c, Sigma_c) of all training images of the class, Sigma_c "
+                                                "spiked (top eigenpairs + isotropic floor)"}
+                                  if cov_sp else {"available": False, "reason": cov_reason}),
         "speciation_order_theory_relative": class_order([reached(v) for v in th_rel.t_theory], labels=classes, backward_time=True),
         "threshold": float(threshold),
         "n_trajectories": int(n_trajectories),
@@ -134,5 +155,7 @@ def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler
         "curves": {
             "branch_times": bt.tolist(), "phi": phi.tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
             "theory_times": grid.tolist(), "theory_phi": th_abs.phi.tolist(),
+            "theory_covariance_times": cov_grid.tolist() if cov_sp else [],
+            "theory_covariance_phi": cov_sp["phi"].tolist() if cov_sp else [],
         },
     }

@@ -181,7 +181,10 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         clone_rows = [next((c for c in cl["classes"] if int(c["label"]) == int(label)), None)
                       for cl in cloning if cl is not None]
         if clone_rows:
-            for key, src in (("t_speciation", "t_speciation_unet"), ("t_speciation_theory", "t_speciation_theory")):
+            for key, src in (("t_speciation", "t_speciation_unet"), ("t_speciation_theory", "t_speciation_theory"),
+                             ("t_speciation_theory_covariance", "t_speciation_theory_covariance")):
+                if any(c is not None and src not in c for c in clone_rows):
+                    continue  # cloning results written before the covariance-aware speciation theory
                 vals = [decode(c[src]) for c in clone_rows if c is not None]
                 entry[key] = summarize_times(vals, level) | {
                     "n_inf": sum(1 for v in vals if is_reached(v) and math.isinf(float(v)))}
@@ -230,6 +233,10 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         predicted = (predicted or {}) | {"t_speciation": first.get("speciation_order_theory")}
         if predicted["t_speciation"] is not None:
             agreement["t_speciation"] = pairwise_agreement(order, predicted["t_speciation"])
+        cov_order = first.get("speciation_order_theory_covariance")
+        if predicted_cov is not None and cov_order is not None:
+            predicted_cov = predicted_cov | {"t_speciation": cov_order}
+            agreement_cov["t_speciation"] = pairwise_agreement(order, cov_order)
     return {"runs": [str(r) for r in runs], "seeds": seeds, "classes": out_classes, "orders": orders,
             "theory": predicted, "agreement": agreement, "theory_covariance": predicted_cov,
             "agreement_covariance": agreement_cov, "covariance_reason": cov_reason,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from classdiff.core.config import Config
 from classdiff.core.readoff import ORDER_KEYS
@@ -31,8 +31,9 @@ from classdiff.data.labelled import class_statistics as _labelled_statistics
 from classdiff.data.mixture import GaussianMixture
 from classdiff.theory.timescales import TimescalesResult, class_timescales_for_mixture
 
-__all__ = ["AuditClass", "AuditResult", "DataPrediction", "audit", "class_statistics", "load_labelled",
-           "predict_for_data", "predict_for_mixture", "predict_with_covariances"]
+__all__ = ["AuditClass", "AuditResult", "DataPrediction", "audit", "class_statistics", "class_surrogates",
+           "load_labelled", "predict_for_data", "predict_for_mixture", "predict_with_covariances",
+           "speciation_with_covariances"]
 
 
 @dataclass
@@ -83,6 +84,47 @@ def predict_for_data(x: ArrayLike, y: ArrayLike, base: Config | None = None,
     return predict_for_mixture(GaussianMixture.fit(x, y, labels=labels), base)
 
 
+def class_surrogates(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike
+                     ) -> tuple[NDArray[np.float64], NDArray[np.float64], list[NDArray[np.float64]], NDArray[np.float64]]:
+    """Gaussian surrogates N(mu_c, Sigma_c) of the classes ``labels`` (K,) of the population ``x`` (n, ...),
+    ``y`` (n,), for training sets of ``counts`` (K,) points: returns rho = counts/n (K,), the centroids (K, d)
+    centred by the count-weighted mean (as :meth:`GaussianMixture.fit` centres them), the full empirical
+    covariances [(d, d)] of *all* the points of each class (a covariance of n_c < d points is singular) and the
+    counts (K,)."""
+    xf, yi = check_labelled(x, y)
+    labs = [int(v) for v in np.asarray(labels).reshape(-1)]
+    n_c = np.asarray(counts, dtype=np.float64).reshape(-1)
+    if n_c.size != len(labs) or np.any(n_c <= 0):
+        raise ValueError(f"counts = {n_c.tolist()}: need one positive count per label {labs}")
+    missing = [lab for lab in labs if np.count_nonzero(yi == lab) < 2]
+    if missing:
+        raise ValueError(f"labels {missing}: fewer than 2 points of these classes in the data")
+    rho = n_c / n_c.sum()
+    mus = np.stack([xf[yi == lab].mean(axis=0) for lab in labs])
+    covs = [np.cov(xf[yi == lab].T) for lab in labs]
+    return rho, mus - rho @ mus, covs, n_c
+
+
+def speciation_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
+                                times: ArrayLike, threshold: float = 0.775, rank: int = 16, n_samples: int = 10000,
+                                seed: int = 0) -> dict[str, Any]:
+    """Speciation times of the covariance-aware surrogates (:func:`class_surrogates`, each covariance spiked
+    with its top ``rank`` eigenpairs, as for the spectrum) from
+    :func:`classdiff.theory.speciation_covariance.spiked_speciation_times` on the OU-time grid ``times``.
+
+    Returns ``t_speciation`` and ``t_speciation_relative`` (K,) (absolute and relative levels, ``docs/speciation.md``),
+    the ``phi`` curves (T, K) of the absolute read-off and the spike rank.
+    """
+    from classdiff.theory.covariance_types import spiked_covariance
+    from classdiff.theory.speciation_covariance import spiked_speciation_times
+
+    rho, centroids, covs, _ = class_surrogates(x, y, labels, counts)
+    spikes = [spiked_covariance(c, rank) for c in covs]
+    t_abs, phi = spiked_speciation_times(rho, centroids, spikes, times, threshold, "absolute", n_samples, seed)
+    t_rel, _ = spiked_speciation_times(rho, centroids, spikes, times, threshold, "relative", n_samples, seed)
+    return {"t_speciation": t_abs, "t_speciation_relative": t_rel, "phi": phi, "rank": int(rank)}
+
+
 def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
                              base: Config | None = None, rank: int = 16, n_nodes: int = 512) -> DataPrediction:
     """Covariance-aware predicted per-class times (``docs/theory.md`` §8) for training sets of ``counts`` (K,)
@@ -97,20 +139,10 @@ def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, coun
     """
     from classdiff.theory.covariance_types import covariance_feature_types
 
-    xf, yi = check_labelled(x, y)
-    labs = [int(v) for v in np.asarray(labels).reshape(-1)]
-    n_c = np.asarray(counts, dtype=np.float64).reshape(-1)
-    if n_c.size != len(labs) or np.any(n_c <= 0):
-        raise ValueError(f"counts = {n_c.tolist()}: need one positive count per label {labs}")
-    missing = [lab for lab in labs if np.count_nonzero(yi == lab) < 2]
-    if missing:
-        raise ValueError(f"labels {missing}: fewer than 2 points of these classes in the data")
     base = base if base is not None else Config()
-    d = xf.shape[1]
-    rho = n_c / n_c.sum()
-    mus = np.stack([xf[yi == lab].mean(axis=0) for lab in labs])
-    covs = [np.cov(xf[yi == lab].T) for lab in labs]
-    centroids = mus - rho @ mus
+    rho, centroids, covs, n_c = class_surrogates(x, y, labels, counts)
+    labs = [int(v) for v in np.asarray(labels).reshape(-1)]
+    d = centroids.shape[1]
     model = base.with_overrides({"model.psi_n": float(n_c.sum() / d)}).model
     types = covariance_feature_types(rho, covs, centroids, model.time, model.psi_p, model.psi_n, model.activation,
                                      rank=rank, n_nodes=n_nodes, seed=base.theory.seed)

@@ -207,3 +207,11 @@ def test_covariance_aware_speciation_time_and_its_agreement(tmp_path, capsys):
     table = json.loads((out / "results.json").read_text())["table"]
     assert table["classes"][1]["predicted"]["covariance_aware"]["t_speciation"]["estimate"] == pytest.approx(1.1)
     assert table["orders"]["covariance_aware"]["t_speciation"] == [1, 8]
+
+
+def test_a_value_equal_in_every_seed_prints_once_even_off_by_the_last_bit():
+    from classdiff.images.comparison import _cell
+
+    v = float(np.exp(np.mean(np.log([732.2] * 3))))  # the geometric mean of equal values, off by an ulp
+    assert _cell({"estimate": v, "interval": [732.2, np.nextafter(732.2, 800.0)]}, ".4g") == "732.2"
+    assert _cell({"estimate": 732.2, "interval": [700.0, 760.0]}, ".4g") == "732.2 [700, 760]"

@@ -122,7 +122,9 @@ def _cell(s: dict[str, Any] | None, spec: str) -> str:
     est = s["estimate"]
     lo, hi = s["interval"]
     # no interval, or the same value in every seed (the covariance-aware theory uses all images of each class)
-    if (isinstance(lo, float) and math.isnan(lo)) or lo == hi == est:
+    same = all(isinstance(v, float) and math.isfinite(v) for v in (est, lo, hi)) and (
+        abs(hi - lo) <= 1e-9 * max(abs(est), 1e-300))  # a geometric mean of equal values may differ in the last bit
+    if (isinstance(lo, float) and math.isnan(lo)) or same:
         return format_value(est, spec)
     return f"{format_value(est, spec)} [{format_value(lo, spec)}, {format_value(hi, spec)}]"
 

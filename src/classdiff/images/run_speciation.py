@@ -106,8 +106,10 @@ def speciation_of_run(run_dir: str | Path, *, n_trajectories: int = 200, sampler
         from classdiff.theory.audit import speciation_with_covariances
 
         all_x = to_model_space(data.train_images).reshape(len(data.train_images), -1).astype(np.float64)
+        # a fixed Monte Carlo seed: the surrogate is the same for every run of this pair (standard error of
+        # phi <= 0.005 with 10,000 draws; t_S scatters by about 0.03 between Monte Carlo seeds)
         cov_sp = speciation_with_covariances(all_x, data.train_labels, classes, loaded["counts"], cov_grid,
-                                             threshold, seed=seed)
+                                             threshold, seed=0)
         cov_reason = None
     except Exception as exc:  # report, do not lose the measurement
         cov_sp, cov_reason = None, f"covariance-aware speciation failed: {type(exc).__name__}: {exc}"

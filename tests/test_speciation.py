@@ -260,3 +260,17 @@ def test_cli_writes_results_and_figure(tmp_path):
     assert len(result["classes"]) == 2
     assert (out / "speciation.png").is_file() and (out / "speciation.pdf").is_file()
     assert (out / "speciation.npz").is_file()
+
+
+def test_cli_explains_inf_when_a_class_is_committed_from_the_start(tmp_path, capsys):
+    from classdiff.commands import cli
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        "[mixture]\ndim = 32\nweights = [0.9, 0.1]\nvariances = [1.0, 1.0]\ncentroid_norms = [1.0, 1.0]\n"
+        "[theory]\nn_trajectories = 100\nn_steps = 40\nn_branch_times = 4\nbootstrap = 10\n"
+    )
+    assert cli.main(["speciation", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "t_S theory inf" in text
+    assert "inf = committed from the start" in text and "not reached = never reaches it" in text

@@ -91,3 +91,17 @@ def test_bad_input_is_refused():
         spiked_commitment_curves([0.5, 0.6], np.zeros((2, 4)), covs, [1.0])
     with pytest.raises(ValueError, match="times"):
         spiked_commitment_curves([0.5, 0.5], np.zeros((2, 4)), covs, [0.0])
+
+
+def test_speciation_of_labelled_data_caps_the_rank_for_small_classes():
+    from classdiff.theory.audit import speciation_with_covariances
+
+    rng = np.random.default_rng(0)
+    d = 30
+    x = np.concatenate([rng.standard_normal((6, d)) + 1.0, rng.standard_normal((40, d)) * 1.5 - 1.0])
+    y = np.array([0] * 6 + [1] * 40)
+    out = speciation_with_covariances(x, y, [0, 1], [6, 40], np.linspace(0.05, 5.0, 60), rank=16, n_samples=2000)
+    assert len(out["t_speciation"]) == 2 and out["phi"].shape == (60, 2)
+    t_abs, t_rel = out["t_speciation"], out["t_speciation_relative"]
+    assert np.isfinite(t_abs[0]) and t_abs[1] == np.inf, t_abs  # weight 40/46 > 0.775: committed by its prior
+    assert all(np.isfinite(t) for t in t_rel), t_rel  # chance-relative levels give both a finite time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,10 @@ def speciation_stage(config: Config, out: Path, backend: str = "numpy", device: 
             f"simulated {format_value(c.t_speciation_simulated, '.3f')}, "
             f"closed form {format_value(c.t_speciation_closed_form, '.3f')}"
         )
+    if any(isinstance(v, float) and math.isinf(v) for c in result.classes
+           for v in (c.t_speciation_theory, c.t_speciation_simulated, c.t_speciation_closed_form)):
+        print("inf = committed from the start: the class's curve is above its level at the largest time (a prior "
+              "weight >= the level does this); not reached = never reaches it; nan = not computed")
     return result
 
 

@@ -112,14 +112,18 @@ def speciation_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, c
     with its top ``rank`` eigenpairs, as for the spectrum) from
     :func:`classdiff.theory.speciation_covariance.spiked_speciation_times` on the OU-time grid ``times``.
 
-    Returns ``t_speciation`` and ``t_speciation_relative`` (K,) (absolute and relative levels, ``docs/speciation.md``),
-    the ``phi`` curves (T, K) of the absolute read-off and the spike rank.
+    A class of m points gets at most m - 2 spikes (its covariance has rank <= m - 1, and the floor needs one
+    non-zero eigenvalue left). Returns ``t_speciation`` and ``t_speciation_relative`` (K,) (absolute and relative
+    levels, ``docs/speciation.md``), the ``phi`` curves (T, K) of the absolute read-off and the requested rank.
     """
     from classdiff.theory.covariance_types import spiked_covariance
     from classdiff.theory.speciation_covariance import spiked_speciation_times
 
     rho, centroids, covs, _ = class_surrogates(x, y, labels, counts)
-    spikes = [spiked_covariance(c, rank) for c in covs]
+    _, yi = check_labelled(x, y)
+    sizes = [int(np.count_nonzero(yi == int(lab))) for lab in np.asarray(labels).reshape(-1)]
+    # a covariance of m points has rank <= m - 1: keep at least one non-zero eigenvalue for the floor
+    spikes = [spiked_covariance(c, max(0, min(rank, m - 2, c.shape[0] - 1))) for c, m in zip(covs, sizes, strict=True)]
     t_abs, phi = spiked_speciation_times(rho, centroids, spikes, times, threshold, "absolute", n_samples, seed)
     t_rel, _ = spiked_speciation_times(rho, centroids, spikes, times, threshold, "relative", n_samples, seed)
     return {"t_speciation": t_abs, "t_speciation_relative": t_rel, "phi": phi, "rank": int(rank)}

@@ -207,15 +207,21 @@ def plot_comparison_table(table: dict[str, Any], stem) -> None:
                 if np.isfinite(lo) and np.isfinite(hi):
                     yerr = [[(v[0] - lo) / norm], [(hi - v[0]) / norm]]
                 ax.errorbar([x], [v[0] / norm], yerr=yerr, fmt="oDs^"[si], color=f"C{si}", capsize=3, ms=5,
-                            label=name if ci == 0 else None)
+                            label=name)
         ax.set_yscale("log")
         ax.set_xticks(range(len(table["classes"])))
         ax.set_xticklabels([f"class {r['label']}" for r in table["classes"]])
         ax.set_title(key + (" (theory: tau_mem)" if key == "tau_fmem" else ""), fontsize=9)
         ax.set_ylabel("value / geometric mean over classes")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    # one legend for the figure, below the panels, so that no marker hides behind it
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8,
+                   frameon=False)
     fig.suptitle("predicted vs measured per class (each source normalised; bars: 95% intervals over seeds)",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, stem)

@@ -38,6 +38,8 @@ __all__ = [
 
 GEOMETRIES = ("orthogonal", "antipodal", "random", "explicit")
 ACTIVATIONS = ("tanh", "relu", "erf", "identity")
+#: model.feature_moments: exact noise average, or a Gaussian-equivalent closure (classdiff.rf.model.FEATURE_MOMENTS)
+FEATURE_MOMENTS = ("exact", "ge", "ge-centred", "ge-mean-type")
 WEIGHT_TOLERANCE = 1e-9
 #: the built-in commands a sweep may run (each module ``classdiff.commands.<name>`` has ``point(config)``)
 SWEEP_COMMANDS = ("spectrum", "timescales", "dynamics", "speciation")
@@ -228,9 +230,11 @@ class ModelConfig(_Section):
     noise_samples: int = 0
     seed: int = 0
     series_order: int = 12
+    feature_moments: str = "exact"
 
     def __post_init__(self) -> None:
         s = "model."
+        _choice(s + "feature_moments", self.feature_moments, FEATURE_MOMENTS)
         object.__setattr__(self, "series_order", _integer(s + "series_order", self.series_order, 0))
         object.__setattr__(self, "psi_p", _positive(s + "psi_p", self.psi_p))
         object.__setattr__(self, "psi_n", _positive(s + "psi_n", self.psi_n))

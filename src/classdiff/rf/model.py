@@ -61,6 +61,7 @@ from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 from scipy.special import ndtr
 
+from classdiff.core.config import FEATURE_MOMENTS
 from classdiff.core.memory import check_memory
 from classdiff.core.readoff import ORDER_KEYS, class_order, generalization_time, memorization_time
 from classdiff.core.results import Time, reached
@@ -68,7 +69,7 @@ from classdiff.data.mixture import GaussianMixture, TrainingSet
 from classdiff.data.process import diffuse, noise_variance, signal_scale
 from classdiff.rf.features import activation as activation_function
 from classdiff.rf.features import gauss_hermite
-from classdiff.rf.gaussian_equivalence import gaussian_equivalent_covariance
+from classdiff.rf.gaussian_equivalence import gaussian_equivalent_covariance, group_moments
 
 __all__ = [
     "ClassMoments",
@@ -80,6 +81,9 @@ __all__ = [
 
 Array = NDArray[np.float64]
 METHODS = ("series", "mc")
+#: feature_moments (:data:`classdiff.core.config.FEATURE_MOMENTS`) -> closure of
+#: :data:`classdiff.rf.gaussian_equivalence.CLOSURES`
+_GE_CLOSURE = {"ge": "per-feature", "ge-centred": "centred", "ge-mean-type": "mean-type"}
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -446,6 +450,11 @@ class RandomFeaturesScore:
     n_batches : the fresh points are split in this many batches; standard errors are batch-means SEs.
     rcond : eigenvalues <= rcond * lambda_max are treated as null modes.
     chunk_bytes : memory budget of temporaries.
+    feature_moments : ``"exact"`` (default), or the Gaussian-equivalent moments of
+        :func:`classdiff.rf.gaussian_equivalence.group_moments` (``"ge"`` per feature, ``"ge-centred"`` without
+        the class-mean features, ``"ge-mean-type"`` the theory's one-type closure); the GE needs the mixture,
+        and the flow, read-off and test points are the same, so the three locate what a closure loses
+        (``docs/theory.md`` §6.3). The score error always uses the real features.
 
     Attributes after :meth:`fit`
     ----------------------------
@@ -469,6 +478,7 @@ class RandomFeaturesScore:
         n_batches: int = 8,
         rcond: float = 1e-12,
         chunk_bytes: int = 2**27,
+        feature_moments: str = "exact",
     ) -> None:
         self.n_features = n_features
         self.activation = activation
@@ -483,6 +493,7 @@ class RandomFeaturesScore:
         self.n_batches = n_batches
         self.rcond = rcond
         self.chunk_bytes = chunk_bytes
+        self.feature_moments = feature_moments
 
     # ------------------------------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
@@ -498,6 +509,8 @@ class RandomFeaturesScore:
             raise ValueError(f"ridge = {self.ridge!r}: must be finite and >= 0")
         if self.method not in METHODS:
             raise ValueError(f"method = {self.method!r}: must be one of {', '.join(METHODS)}")
+        if self.feature_moments not in FEATURE_MOMENTS:
+            raise ValueError(f"feature_moments = {self.feature_moments!r}: must be one of {', '.join(FEATURE_MOMENTS)}")
         if self.n_batches < 2:
             raise ValueError(f"n_batches = {self.n_batches!r}: must be >= 2 (standard errors need two batches)")
 
@@ -506,7 +519,13 @@ class RandomFeaturesScore:
         # ``mixture.sample(n, seed=s)`` uses; W must not share that stream
         return np.random.default_rng(np.random.SeedSequence([int(self.seed), int(stream), 0x52F5]))
 
-    def _moments(self, x0: Array, labels: Array, n_classes: int, stream: int) -> list[ClassMoments]:
+    def _moments(self, x0: Array, labels: Array, n_classes: int, stream: int,
+                 classes: Sequence[int] | None = None) -> list[ClassMoments]:
+        """Moments of the groups 0..n_classes-1 of ``labels``; ``classes`` the mixture class of each group
+        (default: group g is class g), used by the Gaussian-equivalent moments only."""
+        if self.feature_moments != "exact":
+            return self._ge_moments(x0, labels, n_classes, stream,
+                                    list(range(n_classes)) if classes is None else list(classes))
         if self.method == "series":  # deterministic: no stream; the geometry of W is computed once per fit
             return _series_moments(x0, labels, n_classes, self.W_, self.activation, self.time,
                                    int(self.series_order), self.chunk_bytes, self._geometry)
@@ -514,6 +533,25 @@ class RandomFeaturesScore:
             x0, labels, n_classes, self.W_, self.activation, self.time, self.method, self.series_order,
             self.noise_samples, seed=int(self.seed) * 1000 + stream, chunk_bytes=self.chunk_bytes,
         )
+
+    def _ge_moments(self, x0: Array, labels: Array, n_groups: int, stream: int,
+                    classes: list[int]) -> list[ClassMoments]:
+        mix = self._ge_mixture
+        out = []
+        for g in range(n_groups):
+            xg = x0[labels == g]
+            c = int(classes[g])
+            if len(xg) == 0:
+                p = int(self.n_features)
+                out.append(ClassMoments(U=np.zeros((p, p)), V=np.zeros((p, self.dim_)), count=0,
+                                        stein=np.zeros(p)))
+                continue
+            omega = np.random.default_rng(np.random.SeedSequence(
+                [int(self.seed), int(stream), c, g, 0x6E0])).standard_normal((len(xg), int(self.n_features)))
+            U, b = group_moments(self.W_, self.activation, self.time, mix.centroids[c], mix.variances[c],
+                                 xg - mix.centroids[c], omega, _GE_CLOSURE[self.feature_moments])
+            out.append(ClassMoments(U=U, V=b[:, None] * self.W_ / math.sqrt(self.dim_), count=len(xg), stein=b))
+        return out
 
     def features(self, x: ArrayLike) -> Array:
         """phi(x) = sigma(W x / sqrt d) for points x (m, d); shape (m, p)."""
@@ -554,6 +592,10 @@ class RandomFeaturesScore:
             raise ValueError(f"mixture: dimension {mixture.dim} differs from the training set's {self.dim_}")
         p, d = int(self.n_features), self.dim_
         _check_dynamics_memory(self.n_, p, d, self.n_classes_, int(self.n_batches) if mixture is not None else 0)
+        if self.feature_moments != "exact" and mixture is None:
+            raise ValueError(f"feature_moments = {self.feature_moments!r}: the Gaussian-equivalent moments need the "
+                             "mixture (fit(data, mixture)); use 'exact' for real data")
+        self._ge_mixture = mixture
         self.W_ = self._rng(0).standard_normal((p, d))
         self._geometry = _feature_geometry(self.W_) if self.method == "series" else None
         self.delta_ = float(noise_variance(self.time))
@@ -656,10 +698,10 @@ class RandomFeaturesScore:
                       rng.standard_normal((m_score, d))) for _ in range(nb)]
             x_test = np.concatenate([dr[0] for dr in draws])
             if self.method == "series":  # the nb batches of a class in one pass (groups = batches)
-                moms = self._moments(x_test, np.repeat(np.arange(nb), m_test), nb, stream=0)
+                moms = self._moments(x_test, np.repeat(np.arange(nb), m_test), nb, stream=0, classes=[c] * nb)
             else:  # one seeded noise stream per batch
                 moms = [self._moments(x_test[b * m_test:(b + 1) * m_test], np.zeros(m_test, dtype=np.int64), 1,
-                                      stream=100 + nb * c + b)[0] for b in range(nb)]
+                                      stream=100 + nb * c + b, classes=[c])[0] for b in range(nb)]
             # score error: x_t ~ class c of P_t, exact mixture score; features of the nb batches in one product
             xt, _ = diffuse(np.concatenate([dr[1] for dr in draws]), self.time,
                             eta=np.concatenate([dr[2] for dr in draws]))
@@ -892,7 +934,7 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
             n_features=p, activation=model.activation, time=model.time, seed=seed, ridge=model.ridge,
             method=method, series_order=model.series_order,
             noise_samples=max(model.noise_samples, 1), test_samples=tr.test_samples,
-            score_samples=tr.score_samples, n_batches=tr.n_batches,
+            score_samples=tr.score_samples, n_batches=tr.n_batches, feature_moments=model.feature_moments,
         )
         data = mixture.sample(n, seed=seed)
         est.fit(data, mixture)
@@ -934,7 +976,7 @@ def dynamics_from_config(config: Any, tau: Sequence[float] | None = None) -> dic
         ORDER_KEYS["tau_gen"]: class_order([cl["tau_gen"] for cl in classes]),
         ORDER_KEYS["tau_mem"]: class_order([cl["tau_mem"] for cl in classes]),
         "n": n, "p": p, "d": d, "time": model.time, "delta": est.delta_, "seeds": tr.seeds,
-        "method": method, "series_error_bound": est.series_error_bound_,
+        "method": method, "feature_moments": model.feature_moments, "series_error_bound": est.series_error_bound_,
         "definitions": {
             "tau": "gradient-flow time, tau = k eta / d^2 for GD with step eta on L",
             "tau_gen": f"readoff.generalization_time of the class test loss, tolerance {tr.gen_tolerance}",

@@ -43,8 +43,8 @@ def test_per_feature_moments_keep_the_reversal_and_the_mean_type_closure_loses_i
     # one mean type per class: no reversal, no delayed minority memorization
     assert ratio["mean"]["tau_gen"] > 1.0
     assert ratio["mean"]["tau_mem"] > 0.95
-    # and the theory, whose loss model is that closure, agrees with that flow within 10% per class
-    th = timescales_from_config(cfg)
+    # and the mean-type theory, whose loss model is that closure, agrees with that flow within 10% per class
+    th = timescales_from_config(cfg.with_overrides({"theory.loss_model": "mean-type"}))
     for key in ("tau_gen", "tau_mem"):
         theory = np.array([time_or_nan(getattr(c, key)) for c in th.classes])
         np.testing.assert_allclose(theory, mean_type[key], rtol=0.10)

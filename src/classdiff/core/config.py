@@ -40,6 +40,9 @@ GEOMETRIES = ("orthogonal", "antipodal", "random", "explicit")
 ACTIVATIONS = ("tanh", "relu", "erf", "identity")
 #: model.feature_moments: exact noise average, or a Gaussian-equivalent closure (classdiff.rf.model.FEATURE_MOMENTS)
 FEATURE_MOMENTS = ("exact", "ge", "ge-centred", "ge-mean-type")
+#: theory.loss_model: the feature types kept (classdiff.theory.type_losses) or one mean type per class
+#: (classdiff.theory.losses, the closure before 2026-12-07)
+LOSS_MODELS = ("types", "mean-type")
 WEIGHT_TOLERANCE = 1e-9
 #: the built-in commands a sweep may run (each module ``classdiff.commands.<name>`` has ``point(config)``)
 SWEEP_COMMANDS = ("spectrum", "timescales", "dynamics", "speciation")
@@ -311,6 +314,9 @@ class TheoryConfig(_Section):
     seed: int = 0
     type_nodes: int = 48
     type_rule: str = "gauss-hermite"
+    loss_model: str = "types"
+    loss_type_nodes: int = 192
+    n_contour: int = 128
     n_scan: int = 400
     phase_points: int = 7
 
@@ -318,6 +324,9 @@ class TheoryConfig(_Section):
         s = "theory."
         object.__setattr__(self, "type_nodes", _integer(s + "type_nodes", self.type_nodes, 4))
         _choice(s + "type_rule", self.type_rule, ("trapezoid", "gauss-hermite"))
+        _choice(s + "loss_model", self.loss_model, LOSS_MODELS)
+        object.__setattr__(self, "n_contour", _integer(s + "n_contour", self.n_contour, 8))
+        object.__setattr__(self, "loss_type_nodes", _integer(s + "loss_type_nodes", self.loss_type_nodes, 4))
         object.__setattr__(self, "n_scan", _integer(s + "n_scan", self.n_scan, 50))
         object.__setattr__(self, "phase_points", _integer(s + "phase_points", self.phase_points, 2))
         object.__setattr__(self, "n_lambda", _integer(s + "n_lambda", self.n_lambda, 10))

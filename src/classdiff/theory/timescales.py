@@ -5,10 +5,12 @@ gamma_k(tau) = (1 - exp(-2 Delta_t lambda_k tau / psi_p)) / lambda_k, and the lo
 
     L_S(tau) = 1 + (1/d) tr(gamma(U) X gamma(U) Y_S) - (2/d) tr(V^T gamma(U) V_S).
 
-The linear term is a single-resolvent trace; the quadratic term is a two-resolvent quantity, evaluated with the
-leave-one-out deterministic equivalent of :class:`classdiff.theory.losses.LossModel` on the product of the bulk
-grid with itself. The feature types are first reduced to one effective type
-(:func:`classdiff.theory.losses.mean_type_approximation`: type-averaged moments, centroid spikes left out).
+The linear term is a single-resolvent trace; the quadratic term is a two-resolvent quantity. With
+``theory.loss_model = "types"`` (default) it is the deterministic equivalent with the feature types kept
+(:class:`classdiff.theory.type_losses.TypeLossModel`, a contour integral; centroid spikes left out). With
+``"mean-type"`` the types are first reduced to one effective type per class
+(:func:`classdiff.theory.losses.mean_type_approximation`) and :class:`classdiff.theory.losses.LossModel` works on
+the product of the bulk grid with itself; that closure cannot show the imbalance reversal (``docs/theory.md`` §6.3).
 The per-class curves are read off with the *same* functions as the measured curves
 (:mod:`classdiff.core.readoff`): tau_gen,c from the test loss (tolerance), tau_mem,c from the gap test - train
 reaching ``fraction`` of its tau = infinity value. A time the curve never reaches is
@@ -32,6 +34,7 @@ from classdiff.core.results import Time, reached
 from classdiff.theory.equations import FeatureTypes, resolvent_parts
 from classdiff.theory.losses import LossModel, mean_type_approximation
 from classdiff.theory.spectrum import FeatureSpectrum, training_mixture, types_for_mixture
+from classdiff.theory.type_losses import TypeLossModel
 
 if TYPE_CHECKING:
     from classdiff.core.config import Config, ModelConfig, TheoryConfig, TrainingConfig
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 #: largest number of unknowns (K + K(K+1)/2 with centroids) for which ``timescales`` solves the full mixture's
 #: spectrum for its ``edges`` (K = 14 classes; K = 20 takes about a minute and 7 GB, measured on 2 cores)
 FULL_EDGES_MAX_UNKNOWNS = 120
+#: most classes for which the loss curves keep the feature types (``theory.loss_model = "types"``)
+TYPES_MAX_CLASSES = 4
 
 __all__ = [
     "ClassTimescales",
@@ -50,10 +55,15 @@ __all__ = [
     "timescales_from_config",
 ]
 
-#: what the ``definitions.closure`` entry of the timescales result says (the code of this module)
-CLOSURE = ("two-resolvent deterministic equivalent of the losses (theory.losses.LossModel) on one effective "
-           "feature type (theory.losses.mean_type_approximation: type-averaged moments, centroid spikes left out), "
-           "docs/theory.md §5")
+#: what the ``definitions.closure`` entry of the timescales result says, per ``theory.loss_model``
+CLOSURES = {
+    "types": ("two-resolvent deterministic equivalent of the losses with the feature types kept "
+              "(theory.type_losses.TypeLossModel: contour integral, centroid spikes left out), docs/theory.md §5.5"),
+    "mean-type": ("two-resolvent deterministic equivalent of the losses (theory.losses.LossModel) on one effective "
+                  "feature type (theory.losses.mean_type_approximation: type-averaged moments, centroid spikes left "
+                  "out), docs/theory.md §5.2"),
+}
+CLOSURE = CLOSURES["types"]
 
 Array = NDArray[np.float64]
 
@@ -112,24 +122,52 @@ def class_timescales(
             tau = np.geomspace(1e-2, 1e6, 300)
         return _timescales_of_spectrum(spec, np.asarray(tau, dtype=np.float64), tolerance, fraction)
     cfg = config_or_spectrum
-    return _timescales_of_types(types_for_mixture(training_mixture(cfg), cfg.model, cfg.theory), cfg.theory,
+    return _timescales_of_types(loss_types(training_mixture(cfg), cfg.model, cfg.theory), cfg.theory,
                                 cfg.training, tau)
+
+
+def loss_types(mixture: GaussianMixture, model: ModelConfig, theory: TheoryConfig) -> FeatureTypes:
+    """The feature types the loss curves are computed with: ``theory.loss_type_nodes`` quadrature nodes for the
+    types model (192 by default: the times at orthogonal centroids of norm 3 move by up to 30% between 48 and 192
+    nodes and not between 192 and 768, ``docs/theory.md`` §5.5), ``theory.type_nodes`` for the mean-type model."""
+    nodes = theory.loss_type_nodes if theory.loss_model == "types" else theory.type_nodes
+    return types_for_mixture(mixture, model, theory, n_nodes=nodes)
+
+
+def loss_model_used(ft: FeatureTypes, th: TheoryConfig) -> str:
+    """The loss model the theory uses for these types: ``theory.loss_model``, except that one feature type (no
+    centroids) always uses the one-type model (the two coincide there, ``tests/test_type_losses.py``) and that
+    the types model is limited to :data:`TYPES_MAX_CLASSES` classes with centroids (its K^2 x K^2 system per pair
+    of contour nodes), beyond which the mean-type model is used and the result's ``definitions.closure`` says so."""
+    if th.loss_model == "mean-type" or ft.n_nodes == 1 or ft.n_classes > TYPES_MAX_CLASSES:
+        return "mean-type"
+    return "types"
 
 
 def _timescales_of_types(ft: FeatureTypes, th: TheoryConfig, tr: TrainingConfig,
                          tau: ArrayLike | None) -> dict[str, Any]:
+    if tau is None:
+        tau = np.geomspace(tr.tau_min, tr.tau_max, max(tr.n_times, 200))
+    if loss_model_used(ft, th) == "types":
+        model = TypeLossModel(n_contour=th.n_contour).fit(ft)
+        curves = model.curves(np.append(np.asarray(tau, dtype=np.float64), np.inf))
+        return _timescales_of_curves(np.asarray(tau, dtype=np.float64), curves, tr.gen_tolerance, tr.mem_fraction,
+                                     None)
     ft = mean_type_approximation(ft)
     # the loss model works on the product of the bulk grid with itself: keep it moderate, smaller for large K
     n_grid = min(th.n_lambda, 400 if ft.n_classes <= 4 else 200)
     spec = FeatureSpectrum(n_lambda=n_grid, epsilon=th.epsilon, tolerance=th.tolerance,
                            n_scan=min(th.n_scan, 400 if ft.n_classes <= 4 else 200), outliers=False).fit(ft)
-    if tau is None:
-        tau = np.geomspace(tr.tau_min, tr.tau_max, max(tr.n_times, 200))
     return _timescales_of_spectrum(spec, np.asarray(tau, dtype=np.float64), tr.gen_tolerance, tr.mem_fraction)
 
 
 def _timescales_of_spectrum(spec: FeatureSpectrum, tau: Array, tolerance: float, fraction: float) -> dict[str, Any]:
-    curves = class_loss_curves(spec, np.append(tau, np.inf))
+    return _timescales_of_curves(tau, class_loss_curves(spec, np.append(tau, np.inf)), tolerance, fraction, spec)
+
+
+def _timescales_of_curves(tau: Array, curves: dict[str, Array], tolerance: float, fraction: float,
+                          spec: FeatureSpectrum | None) -> dict[str, Any]:
+    """Read-off of curves (K, T + 1) whose last column is tau = inf; ``spec`` the one-type spectrum or None."""
     train, test = curves["train_loss"], curves["test_loss"]
     k = train.shape[0]
     final_gap = test[:, -1] - train[:, -1]
@@ -214,7 +252,7 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
         labels = getattr(mixture, "labels_", np.arange(mixture.n_classes))
     labs = [int(v) for v in np.asarray(labels).reshape(-1)]
     ft = types if types is not None else types_for_mixture(mixture, model, theory)
-    res = _timescales_of_types(ft, theory, tr, None)
+    res = _timescales_of_types(types if types is not None else loss_types(mixture, model, theory), theory, tr, None)
     # the edges of the full feature types, found as the spectrum command finds them (same scan; the edges do not
     # depend on n_lambda, so the density grid is kept minimal): the loss model's one effective type has its own,
     # different edges, reported apart. The full solve has K + K(K+1)/2 unknowns and costs O(n_unknowns^3) per
@@ -245,14 +283,18 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
         generalization_order=class_order(gen, labs),
         memorization_order=class_order(mem, labs),
         edges=edges,
-        loss_model_edges=res["spectrum"].edges_.tolist(),
+        loss_model_edges=res["spectrum"].edges_.tolist() if res["spectrum"] is not None else edges,
         definitions={
             "tau_gen": f"readoff.generalization_time of the predicted class test loss, tolerance {tr.gen_tolerance}",
             "tau_mem": f"readoff.memorization_time of the predicted class gap, fraction {tr.mem_fraction},"
                        " final gap at tau = inf",
-            "closure": CLOSURE,
+            "closure": CLOSURES[loss_model_used(ft, theory)] + (
+                "" if loss_model_used(ft, theory) == theory.loss_model or ft.n_nodes == 1 else
+                f" (theory.loss_model = 'types' is limited to {TYPES_MAX_CLASSES} classes with centroids)"),
             "edges": edges_note,
-            "loss_model_edges": "bulk edges of the one-effective-type spectrum the loss curves use",
+            "loss_model_edges": ("bulk edges of the one-effective-type spectrum the loss curves use"
+                                 if res["spectrum"] is not None else
+                                 "the same as edges: the loss curves use the mixture's feature types"),
         },
     )
 

@@ -9,7 +9,8 @@ read-off are run on four feature-moment models (``model.feature_moments``):
 * ``ge-centred``: the same without the class-mean features (the centroid spikes);
 * ``ge-mean-type``: one mean feature type per class, the closure of the theory's loss model (§5.2);
 
-beside the theory (``timescales_from_config``). The ratios tau_0 / tau_1 (< 1: the majority class 0 comes first,
+beside the theory (``timescales_from_config``) with its two loss models, ``theory.loss_model = "types"`` (the
+default, ``docs/theory.md`` §5.5) and ``"mean-type"`` (§5.2). The ratios tau_0 / tau_1 (< 1: the majority class 0 comes first,
 the variance order reversed) are printed as a markdown table with the paired seed spread of log(tau_0/tau_1).
 Run:
 
@@ -71,14 +72,17 @@ def main() -> None:
         for w in WEIGHTS:
             over = BASE | {"mixture.variances": var, "mixture.weights": w, "training.seeds": args.seeds}
             cfg = Config().with_overrides(over)
-            th = timescales_from_config(cfg)
-            tg = [time_or_nan(c.tau_gen) for c in th.classes]
-            tm = [time_or_nan(c.tau_mem) for c in th.classes]
-            row = {"variance_ratio": float(r_name), "weights": w, "theory": {
-                "tau_gen": tg, "tau_mem": tm, "tau_gen_ratio": tg[0] / tg[1], "tau_mem_ratio": tm[0] / tm[1]}}
+            row: dict = {"variance_ratio": float(r_name), "weights": w}
             label = f"{round(100 * w[0])} : {round(100 * w[1])}"
-            lines.append(f"| {r_name} | {label} | theory | {tg[0]:.4g} / {tg[1]:.4g} | {tg[0] / tg[1]:.3f} | "
-                         f"{tm[0]:.4g} / {tm[1]:.4g} | {tm[0] / tm[1]:.3f} |")
+            for name, loss_model in (("theory", "types"), ("theory-mean-type", "mean-type")):
+                th = timescales_from_config(cfg.with_overrides({"theory.loss_model": loss_model}))
+                tg = [time_or_nan(c.tau_gen) for c in th.classes]
+                tm = [time_or_nan(c.tau_mem) for c in th.classes]
+                row[name] = {"tau_gen": tg, "tau_mem": tm, "tau_gen_ratio": tg[0] / tg[1],
+                             "tau_mem_ratio": tm[0] / tm[1], "closure": th.definitions["closure"]}
+                lines.append(f"| {r_name if name == 'theory' else ''} | {label if name == 'theory' else ''} | "
+                             f"{name} | {tg[0]:.4g} / {tg[1]:.4g} | {tg[0] / tg[1]:.3f} | "
+                             f"{tm[0]:.4g} / {tm[1]:.4g} | {tm[0] / tm[1]:.3f} |")
             for model in MODELS:
                 dyn = dynamics_from_config(cfg.with_overrides({"model.feature_moments": model}))
                 entry: dict = {}
@@ -111,7 +115,8 @@ def plot(rows: list[dict], stem: Path) -> None:
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
-    styles = {"theory": ("k", "o", "theory (mean-type closure)"), "exact": ("C0", "s", "exact dynamics"),
+    styles = {"theory": ("k", "o", "theory, types kept"), "theory-mean-type": ("0.55", "D", "theory, mean type"),
+              "exact": ("C0", "s", "exact dynamics"),
               "ge": ("C1", "^", "GE per feature"), "ge-centred": ("C2", "v", "GE without class means"),
               "ge-mean-type": ("C3", "x", "GE mean type")}
     for ax, key, title in zip(axes, KEYS, ("learning: tau_gen,0 / tau_gen,1", "memorization: tau_mem,0 / tau_mem,1")):
@@ -132,7 +137,7 @@ def plot(rows: list[dict], stem: Path) -> None:
         if key == "tau_mem":
             ax.set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7)
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=6.5)
     save_figure(fig, stem)
     plt.close(fig)
 

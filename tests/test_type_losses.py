@@ -136,3 +136,21 @@ def test_bad_contour_settings_name_the_field() -> None:
         Config().with_overrides({"theory.loss_model": "exact"})
     with pytest.raises(Exception, match="theory.n_contour"):
         Config().with_overrides({"theory.n_contour": 2})
+
+
+def test_theory_phase_diagram_shows_the_reversal_boundary() -> None:
+    """Issue 19 item 2 from the theory: on (variance ratio x imbalance) with orthogonal centroids of norm 3, the
+    types model reverses the learning order between balance and 80:20 when the minority has a 5% larger variance
+    (finite reversal boundary); the mean-type model never does (nan)."""
+    from classdiff.theory.phase import variance_imbalance_diagram
+
+    cfg = Config().with_overrides(ORTHOGONAL | {"mixture.dim": 100, "mixture.weights": [0.5, 0.5],
+                                                "mixture.variances": [1.0, 1.0]})
+    tau = np.geomspace(0.1, 1e5, 120)
+    diag = variance_imbalance_diagram(cfg, [1 / 1.05], [1.0, 4.0], tau=tau)
+    assert list(diag["learned_first"][0]) == [1, 0]
+    assert 1.0 < diag["reversal_gen"][0] < 4.0
+    assert diag["memorized_first"][0, 1] == 0  # the minority (class 1) memorized later at 80:20
+    mean_type = variance_imbalance_diagram(cfg.with_overrides({"theory.loss_model": "mean-type"}), [1 / 1.05],
+                                           [1.0, 4.0], tau=tau)
+    assert np.isnan(mean_type["reversal_gen"][0])

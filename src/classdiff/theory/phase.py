@@ -17,8 +17,9 @@ Every grid point is a config derived with ``Config.with_overrides`` and timed by
   ``training.seeds`` seeds. It needs no asymptotic closure, and it is the predictor under which the imbalance
   reversal of the paper's claim 3 appears (``docs/theory.md`` §6.1): with class-specific (e.g. orthogonal)
   centroids, the minority class is memorized later and, inside a window of variance ratios that widens with the
-  centroid norm, learned later too. The theory predictor misses this effect (its loss projection closes the
-  centroid-induced feature types into one mean type per class and drops the outlier directions).
+  centroid norm, learned later too. The theory predictor reproduces this with its default loss model
+  (``theory.loss_model = "types"``, ``docs/theory.md`` §5.5) but not the return of the order at extreme imbalance
+  (centroid spikes left out); with ``"mean-type"`` it misses the effect entirely (§6.3).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictor", choices=("theory", "dynamics"), default="theory",
                         help="what times the phase-diagram points: the random-matrix theory (default) or the exact "
                              "closed-form random-features dynamics at the config's size, averaged over training.seeds "
-                             "(needed for the imbalance reversal with distinct centroids, docs/theory.md §6.1)")
+                             "(the reference at extreme imbalance, where the theory leaves out the centroid spikes, "
+                             "docs/theory.md §6.3)")
     parser.add_argument("--overlay", type=int, default=0, metavar="N",
                         help="with --phase: also map the learning / memorization order over (variance ratio x "
                              "imbalance) and (centroid norm x imbalance) by the theory, with the exact dynamics "

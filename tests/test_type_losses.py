@@ -154,3 +154,12 @@ def test_theory_phase_diagram_shows_the_reversal_boundary() -> None:
     mean_type = variance_imbalance_diagram(cfg.with_overrides({"theory.loss_model": "mean-type"}), [1 / 1.05],
                                            [1.0, 4.0], tau=tau)
     assert np.isnan(mean_type["reversal_gen"][0])
+
+
+def test_identity_activation_falls_back_to_the_mean_type_model_and_says_so() -> None:
+    """The identity activation has s2 = 0: the spectrum reaches 0 and no contour fits in Re z > 0."""
+    cfg = Config().with_overrides(ORTHOGONAL | {"mixture.dim": 50, "model.activation": "identity"})
+    th = timescales_from_config(cfg)
+    assert "one effective feature type" in th.definitions["closure"]
+    assert "spectra away from 0" in th.definitions["closure"]
+    assert all(np.isfinite(time_or_nan(c.tau_gen)) for c in th.classes)

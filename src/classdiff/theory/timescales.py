@@ -107,9 +107,10 @@ def class_timescales(
 ) -> dict[str, Any]:
     """Per-class predicted tau_gen,c and tau_mem,c (``classdiff.core.readoff`` definitions) as arrays.
 
-    ``config_or_spectrum`` is a :class:`classdiff.core.config.Config` (then the spectrum is fitted with its
-    ``[theory]`` settings and ``tau``, ``tolerance``, ``fraction`` default to its ``[training]`` settings) or a
-    fitted :class:`FeatureSpectrum`. Returns ``tau_gen`` (K,), ``tau_mem`` (K,) (nan where not reached),
+    ``config_or_spectrum`` is a :class:`classdiff.core.config.Config` (then the loss model is
+    ``theory.loss_model`` with its ``[theory]`` settings and ``tau``, ``tolerance``, ``fraction`` default to its
+    ``[training]`` settings) or a fitted :class:`FeatureSpectrum` (then the mean-type model on that spectrum's
+    grid, whatever the config said). Returns ``tau_gen`` (K,), ``tau_mem`` (K,) (nan where not reached),
     ``final_gap`` (K,), the orders under :data:`~classdiff.core.readoff.ORDER_KEYS` names (class indices,
     earliest first), the curves (K, T) and the spectrum.
     """
@@ -138,9 +139,12 @@ def loss_model_used(ft: FeatureTypes, th: TheoryConfig) -> str:
     """The loss model the theory uses for these types: ``theory.loss_model``, except that one feature type (no
     centroids) always uses the one-type model (the two coincide there, ``tests/test_type_losses.py``) and that
     the types model is limited to :data:`TYPES_MAX_CLASSES` classes with centroids (its K^2 x K^2 system per pair
-    of contour nodes), beyond which the mean-type model is used and the result's ``definitions.closure`` says so."""
+    of contour nodes) and to spectra that stay away from 0 (s2 > 0: not the identity activation); otherwise the
+    mean-type model is used and the result's ``definitions.closure`` says so."""
     if th.loss_model == "mean-type" or ft.n_nodes == 1 or ft.n_classes > TYPES_MAX_CLASSES:
         return "mean-type"
+    if not TypeLossModel.spectrum_bounds(ft, TypeLossModel().mass_cut)[0] > 0:
+        return "mean-type"  # the spectrum reaches 0 (e.g. the identity activation): no contour in Re z > 0
     return "types"
 
 
@@ -290,7 +294,8 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
                        " final gap at tau = inf",
             "closure": CLOSURES[loss_model_used(ft, theory)] + (
                 "" if loss_model_used(ft, theory) == theory.loss_model or ft.n_nodes == 1 else
-                f" (theory.loss_model = 'types' is limited to {TYPES_MAX_CLASSES} classes with centroids)"),
+                f" (theory.loss_model = 'types' is limited to {TYPES_MAX_CLASSES} classes with centroids and to "
+                "spectra away from 0)"),
             "edges": edges_note,
             "loss_model_edges": ("bulk edges of the one-effective-type spectrum the loss curves use"
                                  if res["spectrum"] is not None else

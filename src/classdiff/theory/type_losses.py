@@ -199,24 +199,26 @@ class _Pair:
         self.f, self.w, self.psi_p = f, w, psi_p
         self.rr = r1 * r2  # (P, T)
         self.om1, self.om2, self.pi1, self.pi2 = om1, om2, pi1, pi2
-        g1 = np.einsum("pab,tb->pta", b1, f)  # B1 f, (P, T, K)
-        g2 = np.einsum("pab,tb->pta", b2, f)
+        g1 = np.matmul(f[None], np.swapaxes(b1, 1, 2))  # B1 f, (P, T, K) (B symmetric)
+        g2 = np.matmul(f[None], np.swapaxes(b2, 1, 2))
         k = f.shape[1]
         wr = psi_p * w * self.rr  # (P, T)
-        # L[(a,b),(c,d)] = psi_p E[r1 r2 f_a f_b (B1 f)_c (B2 f)_d]
-        L = np.einsum("pt,ta,tb,ptc,ptd->pabcd", wr, f, f, g1, g2).reshape(-1, k * k, k * k)
+        self.ff = (f[:, :, None] * f[:, None, :]).reshape(f.shape[0], k * k)  # f_a f_b, (T, K^2)
+        # L[(a,b),(c,d)] = psi_p E[r1 r2 f_a f_b (B1 f)_c (B2 f)_d], one batched product over the types
+        gg = (g1[:, :, :, None] * g2[:, :, None, :]).reshape(g1.shape[0], g1.shape[1], k * k)  # (P, T, K^2)
+        L = np.matmul(np.swapaxes(wr[:, :, None] * self.ff[None], 1, 2), gg)
         self.lhs = np.eye(k * k)[None] - L
         self.g1, self.g2, self.wr, self.k = g1, g2, wr, k
 
     def middle(self, E: Array, m: Array) -> dict[str, CArray]:
         """Solve Psi for the middle matrix (E, m): returns ``psi`` (P, K, K), ``t`` (P, T) and ``E``."""
-        f, k = self.f, self.k
+        k = self.k
         # m~_tau = m_tau + f^T Pi1^T E Pi2 f, with Pi = (I + Omega A)^{-1}: R1 Y E Y^T R2 = R1' Y Pi1^T E Pi2 Y^T R2'
-        mid = np.einsum("pba,bc,pcd->pad", self.pi1, E, self.pi2)  # Pi1^T E Pi2
-        mt = m[None, :] + np.einsum("ta,pab,tb->pt", f, mid, f)
-        psi0 = np.einsum("pt,ta,tb->pab", self.wr * mt, f, f).reshape(-1, k * k)
+        mid = np.matmul(np.swapaxes(self.pi1, 1, 2), np.matmul(E, self.pi2))  # Pi1^T E Pi2
+        mt = m[None, :] + mid.reshape(-1, k * k) @ self.ff.T  # m + f^T mid f, (P, T)
+        psi0 = (self.wr * mt) @ self.ff  # psi_p E[r1 r2 m~ f f^T], (P, K^2)
         psi = np.linalg.solve(self.lhs, psi0[:, :, None])[:, :, 0].reshape(-1, k, k)
-        t = self.rr * (mt + np.einsum("ptc,pcd,ptd->pt", self.g1, psi, self.g2))
+        t = self.rr * (mt + (np.matmul(self.g1, psi) * self.g2).sum(-1))
         return {"psi": psi, "t": t, "E": E}
 
     def outer(self, E_y: Array, y: Array, sol: dict[str, CArray]) -> CArray:

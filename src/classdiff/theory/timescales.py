@@ -160,17 +160,20 @@ def _timescales_of_types(ft: FeatureTypes, th: TheoryConfig, tr: TrainingConfig,
                          tau: ArrayLike | None) -> dict[str, Any]:
     if tau is None:
         tau = np.geomspace(tr.tau_min, tr.tau_max, max(tr.n_times, 200))
-    if loss_model_used(ft, th) == "types":
+    used = loss_model_used(ft, th)
+    if used == "types":
         model = TypeLossModel(n_contour=th.n_contour).fit(ft)
         curves = model.curves(np.append(np.asarray(tau, dtype=np.float64), np.inf))
         return _timescales_of_curves(np.asarray(tau, dtype=np.float64), curves, tr.gen_tolerance, tr.mem_fraction,
-                                     None)
+                                     None) | {"loss_model": used, "one_type": ft.n_nodes == 1}
+    one_type = ft.n_nodes == 1
     ft = mean_type_approximation(ft)
     # the loss model works on the product of the bulk grid with itself: keep it moderate, smaller for large K
     n_grid = min(th.n_lambda, 400 if ft.n_classes <= 4 else 200)
     spec = FeatureSpectrum(n_lambda=n_grid, epsilon=th.epsilon, tolerance=th.tolerance,
                            n_scan=min(th.n_scan, 400 if ft.n_classes <= 4 else 200), outliers=False).fit(ft)
-    return _timescales_of_spectrum(spec, np.asarray(tau, dtype=np.float64), tr.gen_tolerance, tr.mem_fraction)
+    return _timescales_of_spectrum(spec, np.asarray(tau, dtype=np.float64), tr.gen_tolerance, tr.mem_fraction) | {
+        "loss_model": used, "one_type": one_type}
 
 
 def _timescales_of_spectrum(spec: FeatureSpectrum, tau: Array, tolerance: float, fraction: float) -> dict[str, Any]:
@@ -300,8 +303,8 @@ def class_timescales_for_mixture(mixture: GaussianMixture, model: ModelConfig, t
             "tau_gen": f"readoff.generalization_time of the predicted class test loss, tolerance {tr.gen_tolerance}",
             "tau_mem": f"readoff.memorization_time of the predicted class gap, fraction {tr.mem_fraction},"
                        " final gap at tau = inf",
-            "closure": CLOSURES[loss_model_used(ft, theory)] + (
-                "" if loss_model_used(ft, theory) == theory.loss_model or ft.n_nodes == 1 else
+            "closure": CLOSURES[res["loss_model"]] + (
+                "" if res["loss_model"] == theory.loss_model or res["one_type"] else
                 f" (theory.loss_model = 'types' is limited to {TYPES_MAX_CLASSES} classes with centroids and to "
                 "spectra away from 0)"),
             "edges": edges_note,

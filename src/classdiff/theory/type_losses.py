@@ -136,7 +136,6 @@ class TypeLossModel:
             ec = np.outer(eye[c], eye[c])
             mats[("C", c)] = (A_c[c] * ec, ft.v2[c])
             mats[("B", c)] = (dlt * ec, ft.s2[c])
-            mats[("U", c)] = ((A_c[c] + dlt) * ec, ft.v2[c] + ft.s2[c])
         mats["X"] = (dlt * np.outer(rho, rho), np.zeros(ft.n_nodes))
         n = z.size
         ii, jj = (g.ravel() for g in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
@@ -149,20 +148,23 @@ class TypeLossModel:
             pair = _Pair(f, w, psi_p, r[i], r[j], om[i], om[j], pi[i], pi[j], B[i], B[j])
             mids = ["X"] + [("C", c) for c in range(k)]
             sol = {key: pair.middle(*mats[key]) for key in mids}
-            P_x = np.stack([pair.outer(*mats[("C", a)], sol["X"]) for a in range(k)], axis=1) * (psi_p / psi_n)
-            P_c = np.stack([np.stack([pair.outer(*mats[("C", a)], sol[("C", c)]) for c in range(k)], axis=-1)
-                            for a in range(k)], axis=1) * (psi_p / psi_n)  # (P, a, c)
+            # outer traces T(Y; M), (P, K outer classes, K + 1 middles: X, C_0..C_{K-1}); Ubar_c = C_c + B_c, and
+            # T is linear in Y, so T(Ubar_c; .) = T(C_c; .) + T(B_c; .)
+            t_c = np.stack([np.stack([pair.outer(*mats[("C", a)], sol[key]) for key in mids], axis=-1)
+                            for a in range(k)], axis=1)
+            t_b = np.stack([np.stack([pair.outer(*mats[("B", a)], sol[key]) for key in mids], axis=-1)
+                            for a in range(k)], axis=1)
+            P_x, P_c = t_c[:, :, 0] * (psi_p / psi_n), t_c[:, :, 1:] * (psi_p / psi_n)  # (P, a), (P, a, c)
             den = (1.0 + delta[i]) * (1.0 + delta[j])  # (P, K)
             coef = rho / den
             lhs = np.eye(k)[None] - P_c * coef[:, None, :]
             theta = np.linalg.solve(lhs, P_x[:, :, None])[:, :, 0]  # (P, K)
             wt = rho * theta / den  # rho_k Theta_k / den_k
-            for c in range(k):
-                F_test[s:s + chunk, c] = psi_p * (pair.outer(*mats[("U", c)], sol["X"]) + sum(
-                    wt[:, q] * pair.outer(*mats[("U", c)], sol[("C", q)]) for q in range(k)))
-                F_train[s:s + chunk, c] = psi_p * (pair.outer(*mats[("B", c)], sol["X"]) + sum(
-                    wt[:, q] * pair.outer(*mats[("B", c)], sol[("C", q)]) for q in range(k))) \
-                    + psi_n * theta[:, c] / den[:, c]
+            # psi_p [T(Y_c; X) + sum_q rho_q Theta_q T(Y_c; C_q) / den_q] for Y_c = Ubar_c (test) and B_c (train)
+            mix_b = t_b[:, :, 0] + np.einsum("pcq,pq->pc", t_b[:, :, 1:], wt)
+            mix_c = t_c[:, :, 0] + np.einsum("pcq,pq->pc", t_c[:, :, 1:], wt)
+            F_test[s:s + chunk] = psi_p * (mix_c + mix_b)
+            F_train[s:s + chunk] = psi_p * mix_b + psi_n * theta / den
         self.F_test_ = F_test.reshape(n, n, k)
         self.F_train_ = F_train.reshape(n, n, k)
         return self

@@ -34,6 +34,16 @@ def _fake_unet(config, out):
                                       ORDER_KEYS["tau_mem"]: [b, a]}}}
 
 
+def _fake_cloning(config, out):
+    """Stand-in for the cloning stage: the layout of speciation_of_run, one class committed at the first step."""
+    a, b = config.images.classes
+    return {"classes": [
+        {"label": a, "t_speciation_unet": 2.3, "t_speciation_unet_interval": [1.9, 2.8], "t_speciation_theory": 3.3,
+         "t_speciation_theory_covariance": 3.2},
+        {"label": b, "t_speciation_unet": float("inf"), "t_speciation_unet_interval": [1.7, float("inf")],
+         "t_speciation_theory": 2.0, "t_speciation_theory_covariance": float("nan")}]}
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     from classdiff.core.config import Config
@@ -43,6 +53,7 @@ def demo_run(tmp_path_factory):
     path = save_config(cfg, tmp / "tiny.toml")
     mp = pytest.MonkeyPatch()
     mp.setattr(demo, "unet_stage", _fake_unet)
+    mp.setattr(demo, "cloning_stage", _fake_cloning)
     try:
         result = demo.run(argparse.Namespace(config=path, skip=[]), tmp / "out")
     finally:
@@ -90,6 +101,29 @@ def test_summary_comes_from_the_stage_results(demo_run):
     table = demo.format_table(result.summary)
     assert "U-Net Fashion-MNIST" in table and "0.25" in table
     assert read_json(out / "results.json")["summary"] == read_json_roundtrip(result.summary)
+
+
+def test_summary_shows_the_cloning_speciation_times(demo_run):
+    result, out = demo_run
+    cloned = {c["label"]: c for c in result.results["6-cloning"]["classes"]}
+    unet = [r for r in result.summary if r.experiment == "U-Net Fashion-MNIST"]
+    for r in unet:
+        assert r.speciation_unet == cloned[r.label]["t_speciation_unet"]
+        assert r.speciation_unet_interval == cloned[r.label]["t_speciation_unet_interval"]
+        assert r.speciation_theory == cloned[r.label]["t_speciation_theory"]
+    table = demo.format_table(result.summary)
+    assert "t_S U-Net" in table and "[1.9, 2.8]" in table and "[1.7, inf]" in table
+    row_b = [line for line in table.splitlines() if "U-Net" in line and " inf " in f" {line} "]
+    assert row_b and "nan" in row_b[0]  # inf (committed at once) and nan (not computed) stay apart in the text
+    on_disk = read_json(out / "results.json")["summary"]
+    assert any(r["t_S U-Net"] == float("inf") for r in on_disk)
+
+
+def test_summary_without_cloning_leaves_speciation_empty():
+    evaluation = _fake_unet(type("C", (), {"images": type("I", (), {"classes": (0, 1)})})(), None)["evaluation"]
+    rows = demo.summary_rows({"5-unet": {"evaluation": evaluation}})
+    assert [r.speciation_unet for r in rows] == [None, None]
+    assert [r.speciation_unet_interval for r in rows] == [None, None]
 
 
 def test_summary_without_theory_leaves_prediction_empty():

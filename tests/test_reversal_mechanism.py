@@ -80,3 +80,31 @@ def test_bad_closure_and_feature_moments_name_the_field() -> None:
         RandomFeaturesScore(4, feature_moments="ge").fit(data)
     with pytest.raises(ValueError, match="feature_moments = 'xx': must be one of exact, ge, ge-centred, ge-mean-type"):
         RandomFeaturesScore(4, feature_moments="xx").fit(data)
+
+
+def test_class_constants_with_a_full_covariance() -> None:
+    """A full Sigma_c gives each feature its variance w^T Sigma_c w / d: equal to the diagonal form for a diagonal
+    Sigma_c, and the slope a_i = E[sigma'(h_i)] agrees with a Monte Carlo over x ~ N(mu, Sigma), x_t = e^{-t} x +
+    sqrt(Delta) eta (tolerance 1%, 200,000 draws). The rows of W are scaled to |w|^2 = d, the large-d value the
+    constants assume for the noise part w.eta / sqrt(d)."""
+    from classdiff.data.process import noise_variance, signal_scale
+
+    rng = np.random.default_rng(11)
+    p, d, t = 5, 20, 0.1
+    W = rng.standard_normal((p, d))
+    W *= np.sqrt(d) / np.linalg.norm(W, axis=1, keepdims=True)
+    mu = rng.standard_normal(d)
+    diag = rng.uniform(0.2, 2.0, d)
+    full = class_constants(W, "tanh", t, mu, np.diag(diag))
+    vec = class_constants(W, "tanh", t, mu, diag)
+    for key in ("kappa0", "a", "b", "v2", "s2"):
+        np.testing.assert_allclose(full[key], vec[key], rtol=1e-12, atol=1e-14)
+    root = rng.standard_normal((d, d)) / np.sqrt(d)
+    sigma = root @ root.T + 0.1 * np.eye(d)
+    k = class_constants(W, "tanh", t, mu, sigma)
+    x = mu + rng.standard_normal((200_000, d)) @ np.linalg.cholesky(sigma).T
+    xt = signal_scale(t) * x + np.sqrt(noise_variance(t)) * rng.standard_normal(x.shape)
+    slope = (1.0 - np.tanh(xt @ W.T / np.sqrt(d)) ** 2).mean(axis=0)
+    np.testing.assert_allclose(k["a"], slope, rtol=0.01)
+    with pytest.raises(ValueError, match=r"variance: shape \(3, 20\)"):
+        class_constants(W, "tanh", t, mu, np.ones((3, d)))

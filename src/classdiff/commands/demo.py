@@ -1,6 +1,7 @@
 """``classdiff demo``: the default end-to-end job — theory spectrum, per-class RF dynamics with the theory's
-timescales overlaid, speciation under imbalance, and a small U-Net on imbalanced Fashion-MNIST — then one
-HTML report and a summary table (class, predicted order, measured order, f_mem at the end).
+timescales overlaid, speciation under imbalance, a small U-Net on imbalanced Fashion-MNIST, and the per-class
+speciation of that U-Net by cloning — then one HTML report and a summary table (class, predicted order, measured
+order, f_mem at the end, t_S of the U-Net with its interval beside the theory's).
 
 Each stage calls the library (the ``*_stage`` function of its command module, or
 :func:`classdiff.images.ddpm.train_unet` and :func:`classdiff.images.evaluation.evaluate_run`) into a
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from classdiff.core.config import Config
     from classdiff.theory.timescales import TimescalesResult
 
-HELP = "Run the default end-to-end pipeline (theory, RF dynamics, speciation, U-Net) on CPU."
+HELP = "Run the default end-to-end pipeline (theory, RF dynamics, speciation, U-Net, U-Net cloning) on CPU."
 
 #: (sub-folder, command) of each stage, in the order they run
 STAGES: tuple[tuple[str, str], ...] = (
@@ -34,7 +35,12 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("3-dynamics", "dynamics"),
     ("4-speciation", "speciation"),
     ("5-unet", "train"),
+    ("6-cloning", "cloning"),
 )
+
+#: the demo's cloning settings (``classdiff cloning`` defaults are 200 trajectories and 8 branching steps): small
+#: enough for the demo's 10-minute budget (about 20 s on 2 cores), large enough for an interval per class
+DEMO_CLONING = {"n_trajectories": 100, "sampler_steps": 20, "n_branch": 6, "threshold": 0.775, "n_boot": 300}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +68,9 @@ class SummaryRow:
     """One (experiment, class) of the summary: ranks in the predicted and measured orders (1 = first; None:
     the class is not in that order), and f_mem at the last checkpoint (None: does not apply). For the U-Net rows,
     ``covariance_order`` / ``covariance_memorization_order`` are the ranks predicted by the covariance-aware theory
-    (``docs/theory.md`` §8; None where it was not computed or does not apply)."""
+    (``docs/theory.md`` §8; None where it was not computed or does not apply), and the ``speciation_*`` fields the
+    class's t_S (OU time) by cloning the U-Net, its bootstrap interval [lo, hi], and the isotropic and
+    covariance-aware theory's t_S for the class's Gaussian surrogate (None: the cloning stage did not run)."""
 
     experiment: str
     label: int
@@ -73,6 +81,10 @@ class SummaryRow:
     f_mem: float | None = None
     covariance_order: int | None = None
     covariance_memorization_order: int | None = None
+    speciation_unet: Time | None = None
+    speciation_unet_interval: list[Time] | None = None
+    speciation_theory: Time | None = None
+    speciation_theory_covariance: Time | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "class": self.label, "predicted order": self.predicted_order,
@@ -80,7 +92,9 @@ class SummaryRow:
                 "predicted memorization order": self.predicted_memorization_order,
                 "measured memorization order": self.measured_memorization_order, "f_mem": self.f_mem,
                 "cov-aware order": self.covariance_order,
-                "cov-aware memorization order": self.covariance_memorization_order}
+                "cov-aware memorization order": self.covariance_memorization_order,
+                "t_S U-Net": self.speciation_unet, "t_S U-Net interval": self.speciation_unet_interval,
+                "t_S theory": self.speciation_theory, "t_S cov-aware": self.speciation_theory_covariance}
 
 
 @dataclass
@@ -133,10 +147,21 @@ def unet_stage(config: Config, out: Path) -> dict[str, Any]:
     return {"training": training, "evaluation": evaluate_run(out, progress=False)}
 
 
+def cloning_stage(config: Config, out: Path) -> dict[str, Any]:
+    """Per-class speciation of the U-Net trained by the train stage (``out/../5-unet``) by cloning its backward
+    trajectories (:func:`classdiff.images.run_speciation.speciation_of_run` with :data:`DEMO_CLONING`)."""
+    from classdiff.commands.cloning import plot_cloning
+    from classdiff.images.run_speciation import speciation_of_run
+
+    result = speciation_of_run(out.parent / "5-unet", seed=int(config.images.seed), progress=False, **DEMO_CLONING)
+    plot_cloning(result, out / "cloning")
+    return result
+
+
 def _stage_functions() -> dict[str, Callable[[Config, Path], Any]]:
     # looked up at call time, so that a test can replace one stage (e.g. the slow U-Net) by monkeypatching
     return {"spectrum": spectrum_stage, "timescales": timescales_stage, "dynamics": dynamics_stage,
-            "speciation": speciation_stage, "train": unet_stage}
+            "speciation": speciation_stage, "train": unet_stage, "cloning": cloning_stage}
 
 
 def run_stages(config: Config, out: Path, skip: tuple[str, ...] | list[str] = ()) -> tuple[list[StageRecord],
@@ -232,15 +257,19 @@ def summary_rows(results: dict[str, Any]) -> list[SummaryRow]:
     evaluation = results.get("5-unet", {}).get("evaluation", {})
     measured_u = evaluation.get("measured", {})
     theory_u, cov_u = (_available(evaluation.get(key)) for key in ("theory", "theory_covariance"))
+    cloned = {int(c["label"]): c for c in results.get("6-cloning", {}).get("classes", [])}
     for c in measured_u.get("classes", []):
         label = int(c["label"])
         f_mem = c.get("f_mem_final")
+        sp = cloned.get(label, {})
         rows.append(SummaryRow("U-Net Fashion-MNIST", label, _rank(_order_of(theory_u, "tau_gen"), label),
                                _rank(_order_of(measured_u, "tau_gen"), label),
                                _rank(_order_of(theory_u, "tau_mem"), label),
                                _rank(_order_of(measured_u, "tau_mem"), label),
                                None if f_mem is None else float(f_mem),
-                               _rank(_order_of(cov_u, "tau_gen"), label), _rank(_order_of(cov_u, "tau_mem"), label)))
+                               _rank(_order_of(cov_u, "tau_gen"), label), _rank(_order_of(cov_u, "tau_mem"), label),
+                               sp.get("t_speciation_unet"), sp.get("t_speciation_unet_interval"),
+                               sp.get("t_speciation_theory"), sp.get("t_speciation_theory_covariance")))
     return rows
 
 
@@ -250,7 +279,12 @@ def format_table(rows: list[SummaryRow]) -> str:
         return "(no summary: every stage failed)"
     dicts = [r.to_dict() for r in rows]
     cols = list(dicts[0])
-    cells = [cols] + [[format_value(r[c], ".3g") for c in cols] for r in dicts]
+    def cell(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(format_value(v, ".3g") for v in value) + "]"
+        return format_value(value, ".3g")
+
+    cells = [cols] + [[cell(r[c]) for c in cols] for r in dicts]
     widths = [max(len(row[j]) for row in cells) for j in range(len(cols))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

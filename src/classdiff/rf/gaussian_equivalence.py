@@ -94,9 +94,9 @@ def class_constants(
 ) -> dict[str, Array]:
     """GE constants of one class, one value per feature: ``kappa0``, ``a``, ``b``, ``v2``, ``s2``, each (p,).
 
-    ``W`` (p, d), ``centroid`` (d,) mu_c, ``variance`` sigma_c^2 (scalar) or the diagonal of Sigma_c (d,), in
-    which case each feature's pre-activation variance is w_i^T Sigma_c w_i / d. ``closure`` one of
-    :data:`CLOSURES` (module docstring).
+    ``W`` (p, d), ``centroid`` (d,) mu_c, ``variance`` sigma_c^2 (scalar), the diagonal of Sigma_c (d,) or the
+    full Sigma_c (d, d); with a diagonal or full Sigma_c each feature's data variance is w_i^T Sigma_c w_i / d.
+    ``closure`` one of :data:`CLOSURES` (module docstring).
     """
     if closure not in CLOSURES:
         raise ValueError(f"closure = {closure!r}: must be one of {', '.join(CLOSURES)}")
@@ -104,7 +104,14 @@ def class_constants(
     d = W.shape[1]
     e_t = float(signal_scale(time))
     var = np.asarray(variance, dtype=np.float64)
-    feature_var = float(var) if var.ndim == 0 else (W * W) @ var / d
+    if var.ndim == 0:
+        feature_var: float | Array = float(var)
+    elif var.shape == (d,):
+        feature_var = (W * W) @ var / d
+    elif var.shape == (d, d):
+        feature_var = np.einsum("ij,ij->i", W @ var, W) / d
+    else:
+        raise ValueError(f"variance: shape {var.shape}; expected a scalar, ({d},) or ({d}, {d})")
     ge = equivalence_constants(activation, time, feature_var, e_t * W @ np.asarray(centroid, np.float64) / math.sqrt(d))
     out = {"kappa0": np.broadcast_to(ge.kappa0, (W.shape[0],)).copy(), "a": ge.a, "b": ge.b,
            "v2": np.maximum(ge.v2, 0.0), "s2": np.maximum(ge.s2, 0.0)}

@@ -114,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="0,1,2,3,4,5", help="indices into covariance_timescales.SETTINGS")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--centred", action="store_true", help="the theory's centroids centred by the weighted mean")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--modes", default=",".join(MODES), help=f"GE variants, comma-separated from {MODES}")
     parser.add_argument("--out", default=None)
@@ -131,7 +132,7 @@ def main() -> None:
         x, y = x[sel], y[sel]
         base = Config().with_overrides({"model.psi_p": psi_p, "model.time": t, "training.seeds": args.seeds})
         t0 = clock.perf_counter()
-        theory = predict_with_covariances(x, y, classes, counts, base, rank=args.rank)
+        theory = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
         row = {"setting": i, "classes": list(classes), "counts": list(counts), "dim": dim, "psi_p": psi_p, "time": t,
                "rank": args.rank, "theory": [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)}
                                              for c in theory.timescales.classes]}

@@ -3,15 +3,17 @@ surrogates of Fashion-MNIST classes and on the real pixels (``docs/theory.md`` Â
 
 For each setting (classes, training counts, d, psi_p, t):
 
-* theory, isotropic: the classes' centroids (centred by the count-weighted mean) and variances tr(Sigma_c)/d;
+* theory, isotropic: the classes' centroids and variances tr(Sigma_c)/d;
 * theory, covariance-aware: the same centroids and the full class covariances
   (:func:`classdiff.theory.audit.predict_with_covariances`);
 * exact RF dynamics (closed-form gradient flow, :func:`classdiff.rf.real_data.real_data_dynamics`) on a Gaussian
   surrogate training set x ~ N(mu_c, Sigma_c) (same centroids and covariances), over seeds;
 * the same on real images of the classes, over seeds.
 
-mu_c, Sigma_c are those of all training images of the class (model space [-1, 1]; 2x2-pooled for d = 196). The
-table prints each time and the theory / surrogate-dynamics ratio. Usage:
+mu_c, Sigma_c are those of all training images of the class (model space [-1, 1]; 2x2-pooled for d = 196), the
+centroids in the pixels' own coordinates, as the RF model sees them (``--centred``: centred by the
+count-weighted mean, as before 2026-12-07). The table prints each time and the theory / surrogate-dynamics ratio.
+Usage:
 
     PYTHONPATH=src python experiments/covariance_timescales.py --out /tmp/covtimes.json
 """
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--settings", default=None, help="comma-separated indices into SETTINGS (default all)")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--centred", action="store_true", help="centre the theories' centroids by the weighted mean")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     data = load_fashion_mnist(find_fashion_mnist())
@@ -90,11 +93,11 @@ def main() -> None:
         x, y = x[sel], y[sel]
         base = Config().with_overrides({"model.psi_p": psi_p, "model.time": t, "training.seeds": args.seeds})
         t0 = clock.perf_counter()
-        cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank)
+        cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
         t_cov = clock.perf_counter() - t0
         rho = np.asarray(counts, float) / sum(counts)
         mus = np.stack([x[y == c].mean(axis=0) for c in classes])
-        mix = GaussianMixture(rho, mus - rho @ mus, [float(np.trace(np.cov(x[y == c].T)) / dim) for c in classes])
+        mix = GaussianMixture(rho, mus - rho @ mus if args.centred else mus, [float(np.trace(np.cov(x[y == c].T)) / dim) for c in classes])
         model = base.with_overrides({"model.psi_n": sum(counts) / dim}).model
         iso = class_timescales_for_mixture(mix, model, base.theory, base.training, labels=list(classes))
         sx, sy = surrogate(x, y, classes, max(counts) + 500, seed=i)

@@ -120,3 +120,30 @@ def test_fashion_mnist_surrogate_spectrum():
     spec = FeatureSpectrum(n_lambda=300, n_scan=200).fit(
         covariance_feature_types([0.5, 0.5], covs, mus, 0.1, 1.0, 1.0, rank=16, n_nodes=1024))
     assert wasserstein_over_width(spec, ev) < 0.03
+
+
+def test_covariance_prediction_sees_the_global_mean_unless_centred() -> None:
+    """Random features are not shift-invariant, so the covariance-aware prediction takes the class means in the
+    data's own coordinates by default (``docs/theory.md`` §8.5): shifting every point changes it. Centred
+    (``centre=True``) it does not change."""
+    from classdiff.core.config import Config
+    from classdiff.theory.audit import class_surrogates, predict_with_covariances
+
+    rng = np.random.default_rng(5)
+    d = 30
+    x = np.concatenate([rng.standard_normal((300, d)) * 0.8 + 0.3, rng.standard_normal((300, d)) * 0.5 - 0.3])
+    y = np.repeat([0, 1], 300)
+    rho, raw, _, _ = class_surrogates(x, y, [0, 1], [40, 20], centre=False)
+    _, centred, _, _ = class_surrogates(x, y, [0, 1], [40, 20])
+    np.testing.assert_allclose(raw, np.stack([x[y == 0].mean(0), x[y == 1].mean(0)]))
+    np.testing.assert_allclose(rho @ centred, 0.0, atol=1e-12)
+    base = Config().with_overrides({"model.psi_p": 2.0, "model.time": 0.1, "training.n_times": 60})
+
+    def times(data: np.ndarray, centre: bool) -> list[float]:
+        pred = predict_with_covariances(data, y, [0, 1], [40, 20], base, rank=2, n_nodes=128, centre=centre)
+        return [float(c.tau_gen) for c in pred.timescales.classes]
+
+    shifted = x - 1.0  # a background level, as the -1 of image pixels in [-1, 1]
+    assert times(shifted, True) == pytest.approx(times(x, True), rel=1e-3)  # measured 1e-4 (round-off)
+    raw_x, raw_shifted = times(x, False), times(shifted, False)
+    assert max(abs(a / b - 1.0) for a, b in zip(raw_shifted, raw_x, strict=True)) > 0.05

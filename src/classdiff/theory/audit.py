@@ -84,13 +84,13 @@ def predict_for_data(x: ArrayLike, y: ArrayLike, base: Config | None = None,
     return predict_for_mixture(GaussianMixture.fit(x, y, labels=labels), base)
 
 
-def class_surrogates(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike
+def class_surrogates(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike, centre: bool = True
                      ) -> tuple[NDArray[np.float64], NDArray[np.float64], list[NDArray[np.float64]], NDArray[np.float64]]:
     """Gaussian surrogates N(mu_c, Sigma_c) of the classes ``labels`` (K,) of the population ``x`` (n, ...),
     ``y`` (n,), for training sets of ``counts`` (K,) points: returns rho = counts/n (K,), the centroids (K, d)
-    centred by the count-weighted mean (as :meth:`GaussianMixture.fit` centres them), the full empirical
-    covariances [(d, d)] of *all* the points of each class (a covariance of n_c < d points is singular) and the
-    counts (K,)."""
+    (centred by the count-weighted mean, as :meth:`GaussianMixture.fit` centres them, when ``centre``; else in
+    the data's own coordinates), the full empirical covariances [(d, d)] of *all* the points of each class (a
+    covariance of n_c < d points is singular) and the counts (K,)."""
     xf, yi = check_labelled(x, y)
     labs = [int(v) for v in np.asarray(labels).reshape(-1)]
     n_c = np.asarray(counts, dtype=np.float64).reshape(-1)
@@ -102,7 +102,7 @@ def class_surrogates(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: Arra
     rho = n_c / n_c.sum()
     mus = np.stack([xf[yi == lab].mean(axis=0) for lab in labs])
     covs = [np.cov(xf[yi == lab].T) for lab in labs]
-    return rho, mus - rho @ mus, covs, n_c
+    return rho, mus - rho @ mus if centre else mus, covs, n_c
 
 
 def speciation_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
@@ -130,21 +130,25 @@ def speciation_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, c
 
 
 def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
-                             base: Config | None = None, rank: int = 16, n_nodes: int = 512) -> DataPrediction:
+                             base: Config | None = None, rank: int = 16, n_nodes: int = 512,
+                             centre: bool = False) -> DataPrediction:
     """Covariance-aware predicted per-class times (``docs/theory.md`` §8) for training sets of ``counts`` (K,)
     points drawn from the classes ``labels`` (K,) of the population ``x`` (n, ...), ``y`` (n,).
 
     Each class is its Gaussian surrogate N(mu_c, Sigma_c) with the empirical centroid and full covariance of all
     its points in ``x`` (the population, not the few training points: a covariance of n_c < d points is
-    singular); centroids are centred by the count-weighted mean, as :meth:`GaussianMixture.fit` centres them.
-    rho_c = counts/n, psi_n = n/d; the model settings are ``base.model`` (default :class:`Config`). The times move by
+    singular). The centroids are the class means in the data's own coordinates (``centre`` False, the default):
+    random features sigma(W x / sqrt d) are not invariant under a shift of the data, and a model trained on the
+    data sees its global mean. Centring them by the count-weighted mean (``centre`` True, as
+    :meth:`GaussianMixture.fit` does) put the second class's tau_gen at 0.60–0.70 of the RF dynamics on
+    Fashion-MNIST pixels in [-1, 1] (``docs/theory.md`` §8.5). rho_c = counts/n, psi_n = n/d; the model settings are ``base.model`` (default :class:`Config`). The times move by
     < 0.5% between 256 and 1024 Sobol type nodes on the Fashion-MNIST configs (experiments/fashion_memorize_cpu.toml,
     the demo), so ``n_nodes`` defaults to 512.
     """
     from classdiff.theory.covariance_types import covariance_feature_types
 
     base = base if base is not None else Config()
-    rho, centroids, covs, n_c = class_surrogates(x, y, labels, counts)
+    rho, centroids, covs, n_c = class_surrogates(x, y, labels, counts, centre=centre)
     labs = [int(v) for v in np.asarray(labels).reshape(-1)]
     d = centroids.shape[1]
     model = base.with_overrides({"model.psi_n": float(n_c.sum() / d)}).model

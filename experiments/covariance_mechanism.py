@@ -34,9 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from covariance_timescales import SETTINGS, images
+from covariance_timescales import setting
 
-from classdiff.core.config import Config
 from classdiff.core.io import write_json_atomic
 from classdiff.core.results import is_reached, reached
 from classdiff.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
@@ -126,11 +125,7 @@ def main() -> None:
     rows = []
     fmt = lambda v: f"{v:.4g}" if is_reached(v) else "n.r."  # noqa: E731
     for i in (int(v) for v in args.settings.split(",")):
-        classes, counts, dim, psi_p, t = SETTINGS[i]
-        x, y = images(data, dim)
-        sel = np.isin(y, classes)
-        x, y = x[sel], y[sel]
-        base = Config().with_overrides({"model.psi_p": psi_p, "model.time": t, "training.seeds": args.seeds})
+        classes, counts, dim, psi_p, t, x, y, base = setting(data, i, args.seeds)
         t0 = clock.perf_counter()
         theory = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
         row = {"setting": i, "classes": list(classes), "counts": list(counts), "dim": dim, "psi_p": psi_p, "time": t,

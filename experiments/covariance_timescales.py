@@ -55,6 +55,16 @@ def images(data, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(len(x), -1), np.asarray(data.train_labels)
 
 
+def setting(data, index: int, seeds: int) -> tuple:
+    """SETTINGS[index] with the images of its classes and its base config: (classes, counts, dim, psi_p, t, x, y,
+    base)."""
+    classes, counts, dim, psi_p, t = SETTINGS[index]
+    x, y = images(data, dim)
+    sel = np.isin(y, classes)
+    base = Config().with_overrides({"model.psi_p": psi_p, "model.time": t, "training.seeds": seeds})
+    return classes, counts, dim, psi_p, t, x[sel], y[sel], base
+
+
 def surrogate(x: np.ndarray, y: np.ndarray, classes, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n_per_class Gaussian points N(mu_c, Sigma_c) per class (labels as in y)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0F]))
@@ -87,11 +97,7 @@ def main() -> None:
     print(f"{'#':>2} {'classes':>7} {'counts':>9} {'d':>4} {'psi_p':>5} {'t':>4} | class  quantity: iso  cov  "
           "surrogate-RF  real-RF  (iso/sur, cov/sur)")
     for i in chosen:
-        classes, counts, dim, psi_p, t = SETTINGS[i]
-        x, y = images(data, dim)
-        sel = np.isin(y, classes)
-        x, y = x[sel], y[sel]
-        base = Config().with_overrides({"model.psi_p": psi_p, "model.time": t, "training.seeds": args.seeds})
+        classes, counts, dim, psi_p, t, x, y, base = setting(data, i, args.seeds)
         t0 = clock.perf_counter()
         cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
         t_cov = clock.perf_counter() - t0

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from covariance_timescales import setting
+from covariance_timescales import class_covariance, setting, surrogate
 
 from classdiff.core.io import write_json_atomic
 from classdiff.core.results import is_reached, reached
@@ -47,26 +47,6 @@ from classdiff.theory.audit import predict_with_covariances
 from classdiff.theory.covariance_types import spiked_covariance
 
 MODES = ("keep", "drop", "noise", "drop-centred")
-
-
-def class_covariance(x: np.ndarray, rank: int | None) -> np.ndarray:
-    """The class's empirical covariance, or its spiked representation (top ``rank`` + floor) when rank is given."""
-    cov = np.cov(x.T)
-    if rank is None:
-        return cov
-    sc = spiked_covariance(cov, rank)
-    return sc.floor * np.eye(cov.shape[0]) + (sc.vectors * sc.strengths) @ sc.vectors.T
-
-
-def gaussian_points(x, y, classes, n: int, seed: int, rank: int | None):
-    """n points N(mu_c, Sigma_c) per class (Sigma_c full or spiked), labels as in y."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0F]))
-    xs, ys = [], []
-    for c in classes:
-        ev, vec = np.linalg.eigh(class_covariance(x[y == c], rank))
-        xs.append(x[y == c].mean(axis=0) + rng.standard_normal((n, x.shape[1])) @ (vec * np.sqrt(np.maximum(ev, 0))).T)
-        ys.append(np.full(n, c))
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 class _GEMoments:
@@ -133,7 +113,7 @@ def main() -> None:
                                              for c in theory.timescales.classes]}
         basis = {j: spiked_covariance(np.cov(x[y == c].T), args.rank).vectors for j, c in enumerate(classes)}
         for name, rank in (("full", None), ("spiked", args.rank)):
-            sx, sy = gaussian_points(x, y, classes, max(counts) + 500, seed=i, rank=rank)
+            sx, sy = surrogate(x, y, classes, max(counts) + 500, seed=i, rank=rank)
             row[f"exact {name}"] = times(real_data_dynamics(sx, sy, classes, counts, base, test_per_class=500))
             stats = {j: (x[y == c].mean(axis=0), class_covariance(x[y == c], rank)) for j, c in enumerate(classes)}
             lab = {c: j for j, c in enumerate(classes)}

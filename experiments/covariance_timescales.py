@@ -33,6 +33,7 @@ from classdiff.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist,
 from classdiff.data.mixture import GaussianMixture
 from classdiff.rf.real_data import real_data_dynamics
 from classdiff.theory.audit import predict_with_covariances
+from classdiff.theory.covariance_types import spiked_covariance
 from classdiff.theory.timescales import class_timescales_for_mixture
 
 #: (classes, training counts, d, psi_p, t)
@@ -65,13 +66,24 @@ def setting(data, index: int, seeds: int) -> tuple:
     return classes, counts, dim, psi_p, t, x[sel], y[sel], base
 
 
-def surrogate(x: np.ndarray, y: np.ndarray, classes, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n_per_class Gaussian points N(mu_c, Sigma_c) per class (labels as in y)."""
+def class_covariance(x: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """The class's empirical covariance, or its spiked representation (top ``rank`` + floor) when rank is given."""
+    cov = np.cov(x.T)
+    if rank is None:
+        return cov
+    sc = spiked_covariance(cov, rank)
+    return sc.floor * np.eye(cov.shape[0]) + (sc.vectors * sc.strengths) @ sc.vectors.T
+
+
+def surrogate(x: np.ndarray, y: np.ndarray, classes, n_per_class: int, seed: int,
+              rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """n_per_class Gaussian points N(mu_c, Sigma_c) per class (labels as in y); Sigma_c the class's full
+    covariance, or its spiked representation when ``rank`` is given."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0F]))
     xs, ys = [], []
     for c in classes:
         xc = x[y == c]
-        ev, vec = np.linalg.eigh(np.cov(xc.T))
+        ev, vec = np.linalg.eigh(class_covariance(xc, rank))
         xs.append(xc.mean(axis=0) + rng.standard_normal((n_per_class, x.shape[1])) @ (vec * np.sqrt(np.maximum(ev, 0))).T)
         ys.append(np.full(n_per_class, c))
     return np.concatenate(xs), np.concatenate(ys)

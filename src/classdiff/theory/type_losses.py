@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from classdiff.theory.equations import FeatureTypes, resolvent_parts
 from classdiff.theory.solver import solve_points
+from classdiff.theory.spike_block import solve_spike_block, spike_upper_bound
 
 __all__ = ["TypeLossModel"]
 
@@ -51,15 +52,21 @@ class TypeLossModel:
     mass_cut : the contour may leave out at most this fraction of the spectrum below it (see
         :meth:`spectrum_bounds`); 0 keeps the rigorous bound min_tau s2bar_tau.
     chunk : most pairs per vectorised block (fewer when there are many types, to bound memory).
+    spikes : keep the rank-S linear spike part of anisotropic classes (``ft.spike_vectors``) in the resolvent
+        and in the class covariances (:mod:`classdiff.theory.spike_block`, ``docs/theory.md`` §8.7); False
+        leaves it out, as before 2026-12-07. No effect on types without spike vectors.
 
     Attributes after :meth:`fit`: ``z_`` (N,) contour nodes, ``dz_`` (N,) trapezoid weights (dz),
     ``bounds_`` (lower, upper) bounds of the spectrum, ``residual_`` the largest relative residual of (F) on
-    the contour, ``F_test_``, ``F_train_`` (N, N, K) the two-resolvent traces, ``lin_`` (N, K) the linear traces.
+    the contour (with the spike block: the last relative change of its fixed-point iteration), ``F_test_``,
+    ``F_train_`` (N, N, K) the two-resolvent traces, ``lin_`` (N, K) the linear traces, ``spikes_used_`` whether
+    the spike block was solved.
     """
 
     def __init__(self, n_contour: int = 128, height: float = 0.6, margin: float = 0.4, mass_cut: float = 1e-6,
-                 chunk: int = 4096) -> None:
+                 chunk: int = 4096, spikes: bool = True) -> None:
         self.n_contour = n_contour
+        self.spikes = spikes
         self.mass_cut = mass_cut
         self.height = height
         self.margin = margin
@@ -107,14 +114,22 @@ class TypeLossModel:
         if not (0 < self.height < math.pi / 2):
             raise ValueError(f"height = {self.height!r}: must lie in (0, pi/2) (the contour stays in Re z > 0)")
         lo, hi = self.spectrum_bounds(ft, float(self.mass_cut))
+        spikes = bool(self.spikes) and ft.spike_vectors is not None and ft.spike_vectors.shape[0] > 0
+        if spikes:
+            hi += 2.0 * spike_upper_bound(ft)  # the spike block is positive semi-definite
         if not lo > 0:
             raise ValueError("TypeLossModel: needs sum_c rho_c s2_c > 0 for every feature type (the spectrum must "
                              "stay away from 0, e.g. not the identity activation)")
         self.bounds_ = (lo, hi)
         z, dz = self._contour(lo, hi)
         x, res = solve_points(ft, z)
-        self.residual_ = float(np.max(res))
-        parts = resolvent_parts(ft, z, x)
+        self.spikes_used_ = spikes
+        if spikes:
+            parts = solve_spike_block(ft, z, x)
+            self.residual_ = float(parts["residual"])
+        else:
+            self.residual_ = float(np.max(res))
+            parts = resolvent_parts(ft, z, x)
         self.z_, self.dz_, self.ft_ = z, dz, ft
         k = ft.n_classes
         f = ft.a.T  # (T, K): slopes per type
@@ -137,21 +152,31 @@ class TypeLossModel:
             mats[("C", c)] = (A_c[c] * ec, ft.v2[c])
             mats[("B", c)] = (dlt * ec, ft.s2[c])
         mats["X"] = (dlt * np.outer(rho, rho), np.zeros(ft.n_nodes))
+        spike = _SpikeTerms(ft, parts) if spikes else None
         n = z.size
         ii, jj = (g.ravel() for g in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
         F_test = np.empty((n * n, k), dtype=np.complex128)
         F_train = np.empty((n * n, k), dtype=np.complex128)
         psi_p, psi_n = ft.psi_p, ft.psi_n
-        chunk = max(64, min(int(self.chunk), 2**22 // (ft.n_nodes * k * k + k**4)))
+        n_spikes = ft.spike_vectors.shape[0] if spikes and ft.spike_vectors is not None else 0
+        chunk = max(64, min(int(self.chunk), 2**22 // (ft.n_nodes * (k * k + 2 * n_spikes) + k**4 + n_spikes**2)))
         for s in range(0, n * n, chunk):
             i, j = ii[s:s + chunk], jj[s:s + chunk]
             pair = _Pair(f, w, psi_p, r[i], r[j], om[i], om[j], pi[i], pi[j], B[i], B[j])
             mids = ["X"] + [("C", c) for c in range(k)]
-            sol = {key: pair.middle(*mats[key]) for key in mids}
+            if spike is None:
+                sol = {key: pair.middle(*mats[key]) for key in mids}
+            else:
+                sp = spike.pairs(i, j)
+                # the spike part of C_c (in the middle) adds its diagonal f^T Pi_L1^T E_c Pi_L2 f (rule 1)
+                sol = {key: pair.middle(mats[key][0], mats[key][1] + (0.0 if key == "X" else sp.middle(key[1])))
+                       for key in mids}
             # outer traces T(Y; M), (P, K outer classes, K + 1 middles: X, C_0..C_{K-1}); Ubar_c = C_c + B_c, and
             # T is linear in Y, so T(Ubar_c; .) = T(C_c; .) + T(B_c; .)
-            t_c = np.stack([np.stack([pair.outer(*mats[("C", a)], sol[key]) for key in mids], axis=-1)
-                            for a in range(k)], axis=1)
+            t_c = np.stack([np.stack([pair.outer(*mats[("C", a)], sol[key])
+                                      + (0.0 if spike is None else sp.outer(a, sol[key]["t"], None if key == "X"
+                                                                             else key[1]))
+                                      for key in mids], axis=-1) for a in range(k)], axis=1)
             t_b = np.stack([np.stack([pair.outer(*mats[("B", a)], sol[key]) for key in mids], axis=-1)
                             for a in range(k)], axis=1)
             P_x, P_c = t_c[:, :, 0] * (psi_p / psi_n), t_c[:, :, 1:] * (psi_p / psi_n)  # (P, a), (P, a, c)
@@ -193,6 +218,49 @@ class TypeLossModel:
         return out
 
 
+class _SpikeTerms:
+    """The spike block's part of the two-resolvent traces (``docs/theory.md`` §8.7).
+
+    With L = [f_j] (p, S) and E_c = diag(1[class(j) = c]) the spike part of C_c is L E_c L^T. Rule 1 gives its
+    diagonal f^T Pi_L1^T E_c Pi_L2 f in the middle; rule 3 gives, for C_a outside,
+    (1/p) tr(L E_a L^T R1 M R2) = (1/p) tr(E_a Pi_L1 (Psi_L + Omega_L1 E_M Omega_L2) Pi_L2^T),
+    Psi_L = p E_type[t f f^T]. The feedback of Psi_L on t (rule 2's term f^T M_L1 Psi_L M_L2 f) is left out:
+    it changed no time by more than 1% where it was computed (S <= 24, docs/theory.md §8.7).
+    """
+
+    def __init__(self, ft: FeatureTypes, parts: dict[str, Any]) -> None:
+        assert ft.spike_vectors is not None and ft.spike_classes is not None
+        self.fl, self.w, self.p = ft.spike_vectors, ft.node_weights, ft.psi_p * ft.dim
+        self.masks = [ft.spike_classes == c for c in range(ft.n_classes)]
+        self.member = [m.astype(np.float64) for m in self.masks]
+        self.pi_l, self.om_l = parts["Pi_L"], parts["Omega_L"]
+        self.pf = np.matmul(self.pi_l, self.fl)  # Pi_L f, (N, S, T)
+        self.po = np.matmul(self.pi_l, self.om_l)  # Pi_L Omega_L, (N, S, S)
+
+    def pairs(self, i: NDArray[np.intp], j: NDArray[np.intp]) -> _SpikePair:
+        return _SpikePair(self, i, j)
+
+
+class _SpikePair:
+    def __init__(self, terms: _SpikeTerms, i: NDArray[np.intp], j: NDArray[np.intp]) -> None:
+        self.terms = terms
+        # f^T Pi_L1^T E_c Pi_L2 f per class c and type, (K, P, T)
+        self.mid = np.stack([(terms.pf[i][:, m] * terms.pf[j][:, m]).sum(axis=1) for m in terms.masks])
+        self.oo = terms.po[i] * terms.po[j]  # (Pi_L1 Omega_L1)_sk (Pi_L2 Omega_L2)_sk, (P, S, S)
+
+    def middle(self, c: int) -> CArray:
+        """f^T Pi_L1^T E_c Pi_L2 f per type, (P, T)."""
+        return self.mid[c]
+
+    def outer(self, a: int, t: CArray, c: int | None) -> CArray:
+        """(1/p) tr(L E_a L^T R1 M R2) for the middle M (its diagonal t, its spike class c or None), (P,)."""
+        tm = self.terms
+        val = (self.mid[a] * t) @ tm.w  # (1/p) tr(E_a Pi_L1 Psi_L Pi_L2^T), Psi_L = p E[t f f^T]
+        if c is not None:
+            val = val + np.einsum("s,psk,k->p", tm.member[a], self.oo, tm.member[c]) / tm.p
+        return val
+
+
 class _Pair:
     """W-level two-resolvent quantities for a block of pairs (z1, z2) (module docstring)."""
 
@@ -212,12 +280,12 @@ class _Pair:
         self.lhs = np.eye(k * k)[None] - L
         self.g1, self.g2, self.wr, self.k = g1, g2, wr, k
 
-    def middle(self, E: Array, m: Array) -> dict[str, CArray]:
-        """Solve Psi for the middle matrix (E, m): returns ``psi`` (P, K, K), ``t`` (P, T) and ``E``."""
+    def middle(self, E: Array, m: Array | CArray) -> dict[str, CArray]:
+        """Solve Psi for the middle matrix (E, m), m (T,) or per pair (P, T): returns ``psi`` (P, K, K), ``t`` (P, T) and ``E``."""
         k = self.k
         # m~_tau = m_tau + f^T Pi1^T E Pi2 f, with Pi = (I + Omega A)^{-1}: R1 Y E Y^T R2 = R1' Y Pi1^T E Pi2 Y^T R2'
         mid = np.matmul(np.swapaxes(self.pi1, 1, 2), np.matmul(E, self.pi2))  # Pi1^T E Pi2
-        mt = m[None, :] + mid.reshape(-1, k * k) @ self.ff.T  # m + f^T mid f, (P, T)
+        mt = np.atleast_2d(m) + mid.reshape(-1, k * k) @ self.ff.T  # m + f^T mid f, (P, T); m (T,) or (P, T)
         psi0 = (self.wr * mt) @ self.ff  # psi_p E[r1 r2 m~ f f^T], (P, K^2)
         psi = np.linalg.solve(self.lhs, psi0[:, :, None])[:, :, 0].reshape(-1, k, k)
         t = self.rr * (mt + (np.matmul(self.g1, psi) * self.g2).sum(-1))

@@ -96,3 +96,40 @@ def test_dynamics_command_on_an_npz(tmp_path: Path, pixels: ImageSet) -> None:
     assert "score_error" not in np.load(out / "curves.npz").files
     assert main(["dynamics", "--data", str(tmp_path / "two.npz"), "--classes", "8", "--out",
                  str(tmp_path / "bad")]) == 1
+
+
+def test_seed_summaries_and_pooled_readoff(pixels: ImageSet) -> None:
+    """Over 3 seeds: each class's interval holds its geometric mean and lies inside the seeds' range, the pooled
+    read-off (seed-averaged curves) equals a read-off of the averaged curves computed here, and the interval order
+    is either resolved with disjoint intervals or says which neighbours tie."""
+    from classdiff.core.readoff import memorization_time
+
+    cfg = _config().with_overrides({"training.seeds": 3})
+    res = real_data_dynamics(pixels.flat(), pixels.y, [1, 8], [60, 20], cfg, test_per_class=100)
+    for cl in res["classes"]:
+        s = cl["tau_mem_summary"]
+        seeds = np.array(cl["tau_mem_seeds"], dtype=float)
+        assert s["n_seeds"] == 3 and s["n_reached"] == 3
+        assert s["estimate"] == pytest.approx(float(np.exp(np.log(seeds).mean())), rel=1e-12)
+        lo, hi = s["interval"]
+        assert lo < s["estimate"] < hi and lo > 0
+    # the pooled read-off against an independent re-run of the three seeds' closed forms
+    curves = []
+    for seed in range(3):
+        one = real_data_dynamics(pixels.flat(), pixels.y, [1, 8], [60, 20],
+                                 cfg.with_overrides({"training.seeds": 1, "model.seed": cfg.model.seed + seed}),
+                                 test_per_class=100)
+        curves.append([(np.asarray(c["train_loss"]), np.asarray(c["test_loss"]),
+                        c["test_loss_inf"] - c["train_loss_inf"]) for c in one["classes"]])
+    for k, cl in enumerate(res["classes"]):
+        train = np.mean([c[k][0] for c in curves], axis=0)
+        test = np.mean([c[k][1] for c in curves], axis=0)
+        final = np.mean([c[k][2] for c in curves])
+        expected = float(memorization_time(res["tau"], train, test, cfg.training.mem_fraction, final_gap=final))
+        assert float(cl["tau_mem_pooled"]) == pytest.approx(expected, rel=1e-9)
+    order = res["orders_with_intervals"]["tau_mem"]
+    if order["resolved"]:
+        (a, b) = [order["intervals"][lab] for lab in order["order"]]
+        assert a[1] < b[0]
+    else:
+        assert order["order"] == "not resolved" and order["ties"]

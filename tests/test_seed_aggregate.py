@@ -215,3 +215,18 @@ def test_a_value_equal_in_every_seed_prints_once_even_off_by_the_last_bit():
     v = float(np.exp(np.mean(np.log([732.2] * 3))))  # the geometric mean of equal values, off by an ulp
     assert _cell({"estimate": v, "interval": [732.2, np.nextafter(732.2, 800.0)]}, ".4g") == "732.2"
     assert _cell({"estimate": 732.2, "interval": [700.0, 760.0]}, ".4g") == "732.2 [700, 760]"
+
+
+def test_order_with_intervals_needs_an_interval_for_every_class() -> None:
+    from classdiff.core.seed_statistics import order_with_intervals
+
+    a = summarize_times([10.0, 11.0, 12.0])
+    b = summarize_times([100.0, 110.0, 120.0])
+    one = summarize_times([50.0, NOT_REACHED, NOT_REACHED])  # one reached seed: an estimate, no interval
+    assert order_with_intervals([b, a], [7, 3])["order"] == [3, 7]
+    assert order_with_intervals([b, a], [7, 3], descending=True)["order"] == [7, 3]
+    out = order_with_intervals([a, one, b], [0, 1, 2])
+    assert out["order"] == "not resolved" and out["without_interval"] == [1] and not out["resolved"]
+    wide = summarize_times([10.0, 200.0])
+    tie = order_with_intervals([a, wide], [0, 1])
+    assert tie["order"] == "not resolved" and tie["ties"]

@@ -11,7 +11,7 @@ and per seed it reads
 * the final f_mem,c, loss gap and production ratio (share of the samples the classifier puts in class c over the
   class's share of the training data).
 
-Across seeds: times are summarised on the log scale (geometric mean over the seeds that reached the event, Student
+Across seeds (:mod:`classdiff.core.seed_statistics`): times are summarised on the log scale (geometric mean over the seeds that reached the event, Student
 t interval of the log times, ``level`` coverage, at least 2 reached seeds); fractions by their mean and t
 interval. A class whose event was not reached in every seed carries ``n_reached < n_seeds`` and its interval
 covers only the reached seeds (``partial``). Orders come from :func:`classdiff.core.readoff.interval_order`:
@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from classdiff.core.io import read_json
-from classdiff.core.readoff import ORDER_KEYS, crossing_time, interval_order, pairwise_agreement
+from classdiff.core.readoff import ORDER_KEYS, crossing_time, pairwise_agreement
 from classdiff.core.results import NOT_REACHED, decode, is_reached
+from classdiff.core.seed_statistics import order_with_intervals, summarize_fractions, summarize_times
 
 __all__ = ["TIME_KEYS", "aggregate_runs", "format_aggregate", "order_text", "summarize_fractions", "summarize_times"]
 
@@ -46,38 +46,6 @@ TIME_KEYS = {
     "tau_mem": "step at which the class's loss gap opens (memorization in the loss)",
     "tau_fmem": "step at which f_mem,c first reaches the level (memorization in the samples)",
 }
-
-
-def summarize_times(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
-    """Geometric mean and Student t interval (log scale) of the reached values; NOT_REACHED / nan left out.
-
-    Returns ``{"estimate", "interval": [lo, hi], "n_reached", "n_seeds", "partial"}``; ``estimate`` is
-    NOT_REACHED when no seed reached the event, the interval nan when fewer than 2 did.
-    """
-    reached = [float(v) for v in values if is_reached(v) and v is not None and math.isfinite(float(v))]
-    n = len(values)
-    out: dict[str, Any] = {"n_reached": len(reached), "n_seeds": n, "partial": 0 < len(reached) < n}
-    if not reached:
-        return out | {"estimate": NOT_REACHED, "interval": [math.nan, math.nan]}
-    logs = np.log(reached)
-    out["estimate"] = float(np.exp(logs.mean()))
-    if len(reached) < 2:
-        out["interval"] = [math.nan, math.nan]
-        return out
-    half = float(stats.t.ppf(0.5 + level / 2, len(reached) - 1) * logs.std(ddof=1) / math.sqrt(len(reached)))
-    out["interval"] = [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
-    return out
-
-
-def summarize_fractions(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
-    """Mean and Student t interval of the finite values (``{"estimate", "interval", "n"}``)."""
-    v = np.array([float(x) for x in values if x is not None and math.isfinite(float(x))])
-    if v.size == 0:
-        return {"estimate": math.nan, "interval": [math.nan, math.nan], "n": 0}
-    if v.size < 2:
-        return {"estimate": float(v.mean()), "interval": [math.nan, math.nan], "n": 1}
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return {"estimate": float(v.mean()), "interval": [float(v.mean() - half), float(v.mean() + half)], "n": int(v.size)}
 
 
 def _load(run: Path) -> dict[str, Any]:
@@ -195,12 +163,8 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
     labels = [c["label"] for c in out_classes]
     orders = {}
     for key in TIME_KEYS:
-        vals = [c[key]["estimate"] if is_reached(c[key]["estimate"]) else math.nan for c in out_classes]
-        order = interval_order(vals, [c[key]["interval"] for c in out_classes], labels)
-        missing = [lab for lab in labels if lab not in order["sorted"]]
-        if missing:  # a class without an interval (reached in < 2 seeds) cannot be placed: no order is claimed
-            order = order | {"order": "not resolved", "resolved": False, "without_interval": missing}
-        orders[key] = order
+        # a class without an interval (reached in < 2 seeds) cannot be placed: no order is claimed
+        orders[key] = order_with_intervals([c[key] for c in out_classes], labels)
     theory = evals[0].get("theory") or {}
     predicted = None
     agreement = {}
@@ -222,12 +186,7 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
             if predicted_cov[pred_key] is not None:
                 agreement_cov[key] = pairwise_agreement(orders[key], predicted_cov[pred_key])
     if all("t_speciation" in c for c in out_classes):
-        vals = [c["t_speciation"]["estimate"] if is_reached(c["t_speciation"]["estimate"]) else math.nan
-                for c in out_classes]
-        order = interval_order(vals, [c["t_speciation"]["interval"] for c in out_classes], labels, descending=True)
-        missing = [lab for lab in labels if lab not in order["sorted"]]
-        if missing:
-            order = order | {"order": "not resolved", "resolved": False, "without_interval": missing}
+        order = order_with_intervals([c["t_speciation"] for c in out_classes], labels, descending=True)
         orders["t_speciation"] = order
         first = next(cl for cl in cloning if cl is not None)
         predicted = (predicted or {}) | {"t_speciation": first.get("speciation_order_theory")}

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from classdiff.core.readoff import ORDER_KEYS, class_order
 from classdiff.core.results import reached
+from classdiff.core.seed_statistics import order_with_intervals, summarize_times
 from classdiff.data.mixture import TrainingSet
 from classdiff.rf.model import RandomFeaturesScore, _seed_mean
 
@@ -72,7 +73,11 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
     [training] (tau grid, read-off tolerances, n_batches, seeds; optimizer, learning_rate, max_steps for
     ``iterative``). Seed s draws the subsets and W with model.seed + s. Returns the ``dynamics`` layout with
     ``labels`` (the data's class labels), ``source`` "real data" and, when ``iterative``, the trainer's curves
-    of the first seed under ``"iterative"``.
+    of the first seed under ``"iterative"``. Per class it adds, over the seeds, ``tau_gen_summary`` and
+    ``tau_mem_summary`` (geometric mean and 95% interval, :func:`~classdiff.core.seed_statistics.summarize_times`)
+    and ``tau_gen_pooled`` / ``tau_mem_pooled`` (read off the seed-averaged curves, which is what a deterministic
+    equivalent of the expected curves predicts); ``orders_with_intervals`` orders the classes only where the
+    intervals separate.
     """
     model, tr = config.model, config.training
     taus = np.geomspace(tr.tau_min, tr.tau_max, tr.n_times) if tau is None else np.asarray(tau, dtype=np.float64)
@@ -97,6 +102,10 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
     est, curves, _ = runs[0]
     gen = np.array([r[2]["tau_gen"] for r in runs])
     mem = np.array([r[2]["tau_mem"] for r in runs])
+    # the read-off of the seed-averaged curves: what a deterministic equivalent of the expected curves predicts
+    mean_curves = {key: np.mean([r[1][key] for r in runs], axis=0) for key in ("train_loss", "test_loss")}
+    pooled = est.timescales(taus, tr.gen_tolerance, tr.mem_fraction, curves=mean_curves)
+    level = 0.95
     out_classes = []
     for c, lab in enumerate(classes):
         out_classes.append({
@@ -112,12 +121,17 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
             "tau_gen_seeds": [reached(v) for v in gen[:, c]], "tau_mem_seeds": [reached(v) for v in mem[:, c]],
             "tau_gen_reached_seeds": int(np.sum(np.isfinite(gen[:, c]))),
             "tau_mem_reached_seeds": int(np.sum(np.isfinite(mem[:, c]))),
+            "tau_gen_summary": summarize_times([reached(v) for v in gen[:, c]], level),
+            "tau_mem_summary": summarize_times([reached(v) for v in mem[:, c]], level),
+            "tau_gen_pooled": reached(pooled["tau_gen"][c]), "tau_mem_pooled": reached(pooled["tau_mem"][c]),
         })
     labels = [int(v) for v in classes]
     result: dict[str, Any] = {
         "source": "real data", "tau": taus, "classes": out_classes, "labels": labels,
         ORDER_KEYS["tau_gen"]: class_order([cl["tau_gen"] for cl in out_classes], labels),
         ORDER_KEYS["tau_mem"]: class_order([cl["tau_mem"] for cl in out_classes], labels),
+        "orders_with_intervals": {key: order_with_intervals([cl[f"{key}_summary"] for cl in out_classes], labels)
+                                  for key in ("tau_gen", "tau_mem")},
         "n": int(est.n_), "p": int(est.n_features), "d": int(est.dim_), "time": model.time, "delta": est.delta_,
         "seeds": tr.seeds, "method": method, "series_error_bound": est.series_error_bound_,
         "definitions": {
@@ -128,6 +142,13 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
             "test_loss_se": "batch-means standard error over the held-out points",
             "score_error": "not computed: real data have no exact score",
             "seeds": "curves of the first seed; tau_gen/tau_mem: mean over the seeds that reached the event",
+            "tau_gen_summary": "over seeds: geometric mean and 95% Student t interval of the log times "
+                               "(core.seed_statistics.summarize_times)",
+            "tau_mem_summary": "as tau_gen_summary, for tau_mem",
+            "tau_gen_pooled": "tau_gen read off the seed-averaged test loss (the expected curve)",
+            "tau_mem_pooled": "tau_mem read off the seed-averaged train and test losses (the expected curves)",
+            "orders_with_intervals": "core.seed_statistics.order_with_intervals of the summaries: an order only "
+                                     "where neighbouring intervals are disjoint, else 'not resolved'",
         },
         "eigenvalues": est.eigenvalues_,
     }

@@ -20,6 +20,10 @@ If ``ge drop`` matches the theory and ``ge keep`` matches ``exact``, the loss mo
 spike part, and neither the Gaussian equivalence nor the spiked representation of Sigma_c. Usage:
 
     PYTHONPATH=src python experiments/covariance_mechanism.py --settings 0,1,2,3,4,5 --out /tmp/covmech.json
+
+Each dynamics is run over ``--seeds`` seeds (default 8; subsets drawn from a pool of 4 max(n_c) + 500 surrogate
+points per class) and reported as the geometric mean with its 95% interval, as in ``covariance_timescales``: with
+2 seeds the Trouser's tau_mem moves by up to 35% (docs/theory.md §8.5).
 """
 
 from __future__ import annotations
@@ -86,7 +90,17 @@ class _GEMoments:
 
 
 def times(dyn: dict) -> list[dict]:
-    return [{"tau_gen": reached(c["tau_gen"]), "tau_mem": reached(c["tau_mem"])} for c in dyn["classes"]]
+    """Per class: the geometric mean over the seeds of each time and its 95% interval (``*_interval``)."""
+    return [{q: c[f"{q}_summary"]["estimate"] for q in ("tau_gen", "tau_mem")}
+            | {f"{q}_interval": c[f"{q}_summary"]["interval"] for q in ("tau_gen", "tau_mem")}
+            for c in dyn["classes"]]
+
+
+def _cell(name: str, entry: dict, q: str) -> str:
+    """``name value [lo, hi]`` of one predictor's time q for one class (the theory has no interval)."""
+    v, iv = entry[q], entry.get(f"{q}_interval")
+    text = f"{name} {v:.4g}" if is_reached(v) else f"{name} n.r."
+    return text + (f" [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "")
 
 
 def main() -> None:
@@ -94,7 +108,7 @@ def main() -> None:
     parser.add_argument("--settings", default="0,1,2,3,4,5", help="indices into covariance_timescales.SETTINGS")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--centred", action="store_true", help="the theory's centroids centred by the weighted mean")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES), help=f"GE variants, comma-separated from {MODES}")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -103,7 +117,6 @@ def main() -> None:
         parser.error(f"--modes: {bad} not among {MODES}")
     data = load_fashion_mnist(find_fashion_mnist())
     rows = []
-    fmt = lambda v: f"{v:.4g}" if is_reached(v) else "n.r."  # noqa: E731
     for i in (int(v) for v in args.settings.split(",")):
         classes, counts, dim, psi_p, t, x, y, base = setting(data, i, args.seeds)
         t0 = clock.perf_counter()
@@ -113,7 +126,7 @@ def main() -> None:
                                              for c in theory.timescales.classes]}
         basis = {j: spiked_covariance(np.cov(x[y == c].T), args.rank).vectors for j, c in enumerate(classes)}
         for name, rank in (("full", None), ("spiked", args.rank)):
-            sx, sy = surrogate(x, y, classes, max(counts) + 500, seed=i, rank=rank)
+            sx, sy = surrogate(x, y, classes, 4 * max(counts) + 500, seed=i, rank=rank)
             row[f"exact {name}"] = times(real_data_dynamics(sx, sy, classes, counts, base, test_per_class=500))
             stats = {j: (x[y == c].mean(axis=0), class_covariance(x[y == c], rank)) for j, c in enumerate(classes)}
             lab = {c: j for j, c in enumerate(classes)}
@@ -133,7 +146,7 @@ def main() -> None:
               f"({row['seconds']:.0f} s)")
         for q in ("tau_gen", "tau_mem"):
             for j, c in enumerate(classes):
-                print(f"  {q} class {c}: " + "  ".join(f"{k} {fmt(row[k][j][q])}" for k in keys), flush=True)
+                print(f"  {q} class {c}: " + "  ".join(_cell(k, row[k][j], q) for k in keys), flush=True)
         if args.out:
             write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})
 

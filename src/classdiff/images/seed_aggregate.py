@@ -11,9 +11,9 @@ and per seed it reads
 * the final f_mem,c, loss gap and production ratio (share of the samples the classifier puts in class c over the
   class's share of the training data).
 
-Across seeds (:mod:`classdiff.core.seed_statistics`): times are summarised on the log scale (geometric mean over the seeds that reached the event, Student
-t interval of the log times, ``level`` coverage, at least 2 reached seeds); fractions by their mean and t
-interval. A class whose event was not reached in every seed carries ``n_reached < n_seeds`` and its interval
+Across seeds (:mod:`classdiff.core.seed_statistics`): times are summarised on the log scale (geometric mean over
+the seeds that reached the event, Student t interval of the log times, ``level`` coverage, at least 2 reached
+seeds); fractions by their mean and t interval. A class whose event was not reached in every seed carries ``n_reached < n_seeds`` and its interval
 covers only the reached seeds (``partial``). Orders come from :func:`classdiff.core.readoff.interval_order`:
 "not resolved" unless neighbouring intervals are disjoint. The theory's predicted orders (the first run's
 ``theory`` section) are scored by :func:`classdiff.core.readoff.pairwise_agreement` on the resolved pairs.
@@ -186,8 +186,8 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
             if predicted_cov[pred_key] is not None:
                 agreement_cov[key] = pairwise_agreement(orders[key], predicted_cov[pred_key])
     if all("t_speciation" in c for c in out_classes):
-        order = order_with_intervals([c["t_speciation"] for c in out_classes], labels, descending=True)
-        orders["t_speciation"] = order
+        orders["t_speciation"] = order = order_with_intervals([c["t_speciation"] for c in out_classes], labels,
+                                                              descending=True)
         first = next(cl for cl in cloning if cl is not None)
         predicted = (predicted or {}) | {"t_speciation": first.get("speciation_order_theory")}
         if predicted["t_speciation"] is not None:

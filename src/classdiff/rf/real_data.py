@@ -105,9 +105,9 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
     # the read-off of the seed-averaged curves: what a deterministic equivalent of the expected curves predicts
     mean_curves = {key: np.mean([r[1][key] for r in runs], axis=0) for key in ("train_loss", "test_loss")}
     pooled = est.timescales(taus, tr.gen_tolerance, tr.mem_fraction, curves=mean_curves)
-    level = 0.95
     out_classes = []
     for c, lab in enumerate(classes):
+        gen_seeds, mem_seeds = [reached(v) for v in gen[:, c]], [reached(v) for v in mem[:, c]]
         out_classes.append({
             "label": int(lab), "n_train": int(est.class_counts_[c]), "n_test": int(est.test_samples_per_class_[c]),
             "variance": float(np.mean(np.var(first[1].x[first[1].labels == c], axis=0, ddof=1))),
@@ -118,11 +118,10 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
             "tau_gen": _seed_mean(gen[:, c]), "tau_mem": _seed_mean(mem[:, c]),
             "tau_gen_std": float(np.nanstd(gen[:, c], ddof=1)) if np.sum(np.isfinite(gen[:, c])) > 1 else None,
             "tau_mem_std": float(np.nanstd(mem[:, c], ddof=1)) if np.sum(np.isfinite(mem[:, c])) > 1 else None,
-            "tau_gen_seeds": [reached(v) for v in gen[:, c]], "tau_mem_seeds": [reached(v) for v in mem[:, c]],
+            "tau_gen_seeds": gen_seeds, "tau_mem_seeds": mem_seeds,
             "tau_gen_reached_seeds": int(np.sum(np.isfinite(gen[:, c]))),
             "tau_mem_reached_seeds": int(np.sum(np.isfinite(mem[:, c]))),
-            "tau_gen_summary": summarize_times([reached(v) for v in gen[:, c]], level),
-            "tau_mem_summary": summarize_times([reached(v) for v in mem[:, c]], level),
+            "tau_gen_summary": summarize_times(gen_seeds), "tau_mem_summary": summarize_times(mem_seeds),
             "tau_gen_pooled": reached(pooled["tau_gen"][c]), "tau_mem_pooled": reached(pooled["tau_mem"][c]),
         })
     labels = [int(v) for v in classes]

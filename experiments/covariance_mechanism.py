@@ -1,11 +1,11 @@
-"""Where the covariance-aware theory loses tau_mem (issue 16, ``docs/theory.md`` §8.5): a decomposition.
+"""Where the covariance-aware theory loses tau_mem (issue 16, ``docs/theory.md`` §8.5, §8.8): a decomposition.
 
 The covariance-aware theory writes each class covariance as Sigma_c = floor I + V_c diag(s_c) V_c^T
 (:func:`classdiff.theory.covariance_types.spiked_covariance`) and keeps the spikes in the feature types (each
 feature's variance w^T Sigma_c w / d) and, as outliers, in the spectrum; its loss model
 (:class:`classdiff.theory.type_losses.TypeLossModel`) does not have the rank-S linear part
 e^{-t} D_a W V_c diag(s_c)^{1/2} zeta of the features (zeta the sample's spike coordinates). This script runs the
-exact closed-form RF gradient flow on the same classes with four sets of feature moments:
+exact closed-form RF gradient flow on the same classes with these sets of feature moments:
 
 * ``exact``: the tanh features of Gaussian surrogate points x ~ N(mu_c, Sigma_c) (full, or spiked: rank r + floor);
 * ``ge keep``: the Gaussian-equivalent features g = kappa0 + a o (e^{-t} W (x - mu) / sqrt d) + sqrt(v2) o omega,
@@ -14,16 +14,30 @@ exact closed-form RF gradient flow on the same classes with four sets of feature
   (their variance stays in the constants): the model the theory solves;
 * ``ge noise``: the dropped part replaced by independent noise of the same variance per feature;
 * ``ge drop-centred``: ``ge drop`` without the class-mean features kappa0 (the centroid spikes), which the loss
-  model leaves out as well.
+  model leaves out as well;
+* ``ge conditional``: the Gaussian equivalence applied to the bulk only, conditional on each point's spike
+  coordinates V_c^T (x - mu_c) (:mod:`classdiff.rf.conditional_equivalence`): the constants are taken at the
+  point's own pre-activation mean e^{-t} w . (mu_c + V_c V_c^T (x - mu_c)) / sqrt d, so the non-linearity in the
+  spike coordinates (which every feature of the point shares) is kept exactly and only the bulk is linearised;
+* ``ge keep-2``: ``ge keep`` plus the degree-2 Hermite term (c2/2) (dm^2 - E dm^2) of each point's spike
+  pre-activation dm = e^{-t} w . V_c V_c^T (x - mu_c) / sqrt d (c2 = E sigma''(h) over the feature's full
+  pre-activation), its variance c2^2 E[dm^2]^2 / 2 taken out of v2: how much of ``conditional`` the second degree
+  carries.
 
 If ``ge drop`` matches the theory and ``ge keep`` matches ``exact``, the loss model's error is the missing linear
-spike part, and neither the Gaussian equivalence nor the spiked representation of Sigma_c. Usage:
+spike part; if ``ge conditional`` matches ``exact`` and ``ge keep`` does not, it is the Gaussian equivalence's
+treatment of the spike coordinates (the finding of docs/theory.md §8.8). Usage:
 
-    PYTHONPATH=src python experiments/covariance_mechanism.py --settings 0,1,2,3,4,5 --out /tmp/covmech.json
+    PYTHONPATH=src python experiments/covariance_mechanism.py --settings 0,1,2,4,5 --seeds 16 \
+        --modes keep,conditional --out /tmp/covmech.json                         # about 16 min
+    PYTHONPATH=src python experiments/covariance_mechanism.py --settings 0,1,4 --modes keep,conditional,keep-2 \
+        --out /tmp/covmech8.json --figure /tmp/spectra                           # about 8 min
 
 Each dynamics is run over ``--seeds`` seeds (default 8; subsets drawn from a pool of 4 max(n_c) + 500 surrogate
 points per class) and reported as the geometric mean with its 95% interval, as in ``covariance_timescales``: with
-2 seeds the Trouser's tau_mem moves by up to 35% (docs/theory.md §8.5).
+2 seeds the Trouser's tau_mem moves by up to 35% (docs/theory.md §8.5). All the models of a seed share its W and
+subsets, so each is also compared with ``exact`` seed by seed (the "paired" ratios, geometric mean and interval),
+which is far tighter than comparing the two intervals. ``--figure`` draws the first seed's spectra of U.
 """
 
 from __future__ import annotations
@@ -40,17 +54,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from covariance_timescales import class_covariance, setting, surrogate
 
-from classdiff.core.io import write_json_atomic
-from classdiff.core.results import is_reached, reached
+from classdiff.core.io import read_json, write_json_atomic
+from classdiff.core.results import NOT_REACHED, is_reached, reached
+from classdiff.core.seed_statistics import summarize_times
 from classdiff.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from classdiff.data.process import signal_scale
 from classdiff.rf import model as rf_model
+from classdiff.rf.conditional_equivalence import ConstantTable, conditional_group_moments
+from classdiff.rf.features import equivalence_constants
 from classdiff.rf.gaussian_equivalence import class_constants
 from classdiff.rf.real_data import real_data_dynamics
 from classdiff.theory.audit import predict_with_covariances
 from classdiff.theory.covariance_types import spiked_covariance
 
-MODES = ("keep", "drop", "noise", "drop-centred")
+MODES = ("keep", "drop", "noise", "drop-centred", "conditional", "keep-2")
 
 
 class _GEMoments:
@@ -60,6 +77,7 @@ class _GEMoments:
     def __init__(self, points, labels, stats, basis, mode: str, activation: str, time: float) -> None:
         self.owner = {row.tobytes(): int(lab) for row, lab in zip(points, labels, strict=True)}
         self.stats, self.basis, self.mode, self.activation, self.time = stats, basis, mode, activation, time
+        self.tables = {c: ConstantTable(activation, time) for c in stats}
 
     def __call__(self, est, x0, labels, n_groups, stream, classes=None):
         W = est.W_
@@ -75,25 +93,58 @@ class _GEMoments:
             dev = xg - mu
             rng = np.random.default_rng(np.random.SeedSequence([int(est.seed), int(stream), g, 0x6E1]))
             v2 = k["v2"]
-            if self.mode != "keep":
+            if self.mode == "conditional":
+                out.append(self._conditional(W, xg, c, mu, cov, rng))
+                continue
+            G_extra = 0.0
+            if self.mode == "keep-2":  # + the degree-2 Hermite term of the spike coordinates, out of v2
+                V = self.basis[c]
+                spike_pre = e_t * (dev @ V) @ (V.T @ W.T) / math.sqrt(d)  # (m, p) delta m of each point
+                proj = W @ V
+                var_sp = e_t**2 * np.einsum("ir,rs,is->i", proj, V.T @ cov @ V, proj) / d
+                feature_var = np.einsum("ij,ij->i", W @ cov, W) / d
+                m0, eps = e_t * W @ mu / math.sqrt(d), 1e-4
+                c2 = (equivalence_constants(self.activation, self.time, feature_var, m0 + eps).a
+                      - equivalence_constants(self.activation, self.time, feature_var, m0 - eps).a) / (2 * eps)
+                G_extra = 0.5 * c2 * (spike_pre**2 - var_sp)
+                v2 = np.maximum(v2 - 0.5 * c2**2 * var_sp**2, 0.0)
+            elif self.mode != "keep":
                 V = self.basis[c]
                 dev = dev - (dev @ V) @ V.T
                 if self.mode == "noise":  # the dropped linear variance as independent noise
                     proj = W @ V
                     v2 = v2 + (e_t * k["a"]) ** 2 * np.einsum("ir,rs,is->i", proj, V.T @ cov @ V, proj) / d
             kappa0 = 0.0 if self.mode == "drop-centred" else k["kappa0"]
-            G = kappa0 + k["a"] * (e_t * dev @ W.T / math.sqrt(d)) + np.sqrt(v2) * rng.standard_normal((len(xg), p))
+            G = (kappa0 + k["a"] * (e_t * dev @ W.T / math.sqrt(d)) + G_extra
+                 + np.sqrt(v2) * rng.standard_normal((len(xg), p)))
             U = G.T @ G / len(xg) + np.outer(k["b"], k["b"]) * kernel
             U.flat[:: p + 1] += k["s2"]
             out.append(rf_model.ClassMoments(U=U, V=k["b"][:, None] * W / math.sqrt(d), count=len(xg), stein=k["b"]))
         return out
 
+    def _conditional(self, W, xg, c, mu, cov, rng) -> rf_model.ClassMoments:
+        """The conditional GE of :mod:`classdiff.rf.conditional_equivalence` for one class's points."""
+        p, d = W.shape
+        U, stein = conditional_group_moments(W, self.activation, self.time, mu, cov, self.basis[c], xg - mu,
+                                             rng.standard_normal((len(xg), p)), self.tables[c])
+        return rf_model.ClassMoments(U=U, V=stein[:, None] * W / math.sqrt(d), count=len(xg), stein=stein)
+
 
 def times(dyn: dict) -> list[dict]:
-    """Per class: the geometric mean over the seeds of each time and its 95% interval (``*_interval``)."""
+    """Per class: the geometric mean over the seeds of each time, its 95% interval (``*_interval``) and the
+    per-seed values (``*_seeds``)."""
     return [{q: c[f"{q}_summary"]["estimate"] for q in ("tau_gen", "tau_mem")}
             | {f"{q}_interval": c[f"{q}_summary"]["interval"] for q in ("tau_gen", "tau_mem")}
+            | {f"{q}_seeds": c[f"{q}_seeds"] for q in ("tau_gen", "tau_mem")}
             for c in dyn["classes"]]
+
+
+def paired_ratio(model: dict, reference: dict, q: str) -> dict:
+    """Seed-by-seed ratio model / reference of time q (both runs share each seed's W and subsets), summarized as
+    a geometric mean with its 95% interval; seeds where either is not reached are left out."""
+    ratios = [a / b if is_reached(a) and is_reached(b) else NOT_REACHED
+              for a, b in zip(model[f"{q}_seeds"], reference[f"{q}_seeds"], strict=True)]
+    return summarize_times(ratios)
 
 
 def _cell(name: str, entry: dict, q: str) -> str:
@@ -101,6 +152,44 @@ def _cell(name: str, entry: dict, q: str) -> str:
     v, iv = entry[q], entry.get(f"{q}_interval")
     text = f"{name} {v:.4g}" if is_reached(v) else f"{name} n.r."
     return text + (f" [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "")
+
+
+def spectra_figure(rows: list[dict], stem: Path) -> None:
+    """Per setting (columns): the cumulative distribution of the eigenvalues of the training U of the first seed
+    (top row), and each GE variant's sorted eigenvalues over those of the exact features on the same surrogate,
+    W and subsets (bottom row); full surrogate solid, spiked dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from classdiff.core.io import save_figure
+
+    colors = {"exact": "k", "ge keep": "C0", "ge conditional": "C3", "ge keep-2": "C1", "ge drop": "C2",
+              "ge noise": "C4", "ge drop-centred": "C5"}
+    fig, axes = plt.subplots(2, len(rows), figsize=(4.4 * len(rows), 6.6), squeeze=False, sharex="col")
+    for col, row in enumerate(rows):
+        top, bottom = axes[0, col], axes[1, col]
+        spectra = {k: np.sort(np.asarray(e)) for k, e in row["eigenvalues_first_seed"].items()}
+        for k, ev in spectra.items():
+            name, surrogate_kind = k.rsplit(" ", 1)
+            style = "-" if surrogate_kind == "full" else "--"
+            rank = np.arange(1, ev.size + 1) / ev.size
+            top.plot(ev, rank, style, color=colors.get(name), lw=1.1, label=k)
+            if name != "exact":
+                bottom.plot(spectra[f"exact {surrogate_kind}"], ev / spectra[f"exact {surrogate_kind}"], style,
+                            color=colors.get(name), lw=1.1, label=f"{name} / exact {surrogate_kind}")
+        top.set_xscale("log")
+        top.set_ylabel("fraction of eigenvalues below")
+        top.set_title(f"setting {row['setting']}: classes {row['classes']}, n_c {row['counts']}, "
+                      f"psi_p {row['psi_p']}", fontsize=9)
+        top.legend(fontsize=6.5, loc="upper left")
+        bottom.axhline(1.0, color="0.6", lw=0.8)
+        bottom.set_xlabel("eigenvalue of U, exact features (training set)")
+        bottom.set_ylabel("same-rank eigenvalue / exact")
+        bottom.legend(fontsize=6.5, loc="best")
+    fig.tight_layout()
+    save_figure(fig, stem)
 
 
 def main() -> None:
@@ -111,7 +200,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES), help=f"GE variants, comma-separated from {MODES}")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--figure", default=None, help="stem of a figure (PNG + PDF) of the first seed's spectra of U")
+    parser.add_argument("--replot", default=None, help="a JSON written by --out: only redraw --figure from it")
     args = parser.parse_args()
+    if args.replot:
+        if not args.figure:
+            parser.error("--replot: needs --figure (the stem to write)")
+        spectra_figure(read_json(Path(args.replot))["rows"], Path(args.figure))
+        return
     bad = [m for m in args.modes.split(",") if m not in MODES]
     if bad:
         parser.error(f"--modes: {bad} not among {MODES}")
@@ -125,9 +221,11 @@ def main() -> None:
                "rank": args.rank, "theory": [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)}
                                              for c in theory.timescales.classes]}
         basis = {j: spiked_covariance(np.cov(x[y == c].T), args.rank).vectors for j, c in enumerate(classes)}
+        spectra: dict[str, np.ndarray] = {}
         for name, rank in (("full", None), ("spiked", args.rank)):
             sx, sy = surrogate(x, y, classes, 4 * max(counts) + 500, seed=i, rank=rank)
-            row[f"exact {name}"] = times(real_data_dynamics(sx, sy, classes, counts, base, test_per_class=500))
+            dyn = real_data_dynamics(sx, sy, classes, counts, base, test_per_class=500)
+            row[f"exact {name}"], spectra[f"exact {name}"] = times(dyn), dyn["eigenvalues"]
             stats = {j: (x[y == c].mean(axis=0), class_covariance(x[y == c], rank)) for j, c in enumerate(classes)}
             lab = {c: j for j, c in enumerate(classes)}
             for mode in args.modes.split(","):
@@ -135,8 +233,8 @@ def main() -> None:
                 original = rf_model.RandomFeaturesScore._moments
                 rf_model.RandomFeaturesScore._moments = lambda est, *a, patch=patch, **kw: patch(est, *a, **kw)
                 try:
-                    row[f"ge {mode} {name}"] = times(real_data_dynamics(sx, sy, classes, counts, base,
-                                                                        test_per_class=500))
+                    dyn = real_data_dynamics(sx, sy, classes, counts, base, test_per_class=500)
+                    row[f"ge {mode} {name}"], spectra[f"ge {mode} {name}"] = times(dyn), dyn["eigenvalues"]
                 finally:
                     rf_model.RandomFeaturesScore._moments = original
         row["seconds"] = clock.perf_counter() - t0
@@ -147,8 +245,20 @@ def main() -> None:
         for q in ("tau_gen", "tau_mem"):
             for j, c in enumerate(classes):
                 print(f"  {q} class {c}: " + "  ".join(_cell(k, row[k][j], q) for k in keys), flush=True)
+                ratios = []
+                for name in ("full", "spiked"):
+                    for k in (k for k in keys if k.startswith("ge ") and k.endswith(name)):
+                        r = paired_ratio(row[k][j], row[f"exact {name}"][j], q)
+                        row.setdefault("paired", {}).setdefault(f"{k} / exact {name}", {}).setdefault(q, []).append(r)
+                        iv = r["interval"]
+                        ratios.append(f"{k}/exact {r['estimate']:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]"
+                                      if is_reached(r["estimate"]) else f"{k}/exact n.r.")
+                print("    paired per seed: " + "  ".join(ratios), flush=True)
+        row["eigenvalues_first_seed"] = {k: [float(v) for v in e] for k, e in spectra.items()}
         if args.out:
             write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})
+    if args.figure:
+        spectra_figure(rows, Path(args.figure))
 
 
 if __name__ == "__main__":

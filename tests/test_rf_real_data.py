@@ -86,14 +86,28 @@ def test_real_subset_is_disjoint_seeded_and_checked(pixels: ImageSet) -> None:
         real_subset(pixels.flat(), pixels.y, [3, 3], [1, 1], 1)
 
 
-def test_dynamics_command_on_an_npz(tmp_path: Path, pixels: ImageSet) -> None:
+def test_dynamics_command_on_an_npz(tmp_path: Path, pixels: ImageSet, capsys: pytest.CaptureFixture[str]) -> None:
+    from classdiff.core.io import read_json
+    from classdiff.core.results import decode
+    from classdiff.core.seed_statistics import interval_text, order_text
+
     keep = np.isin(pixels.y, [1, 8])
     np.savez(tmp_path / "two.npz", x=pixels.x[keep][:400], y=pixels.y[keep][:400])
     out = tmp_path / "run"
+    capsys.readouterr()
     assert main(["dynamics", "--data", str(tmp_path / "two.npz"), "--classes", "8,1", "--counts", "30,10",
-                 "--test-per-class", "40", "--out", str(out)]) == 0
+                 "--test-per-class", "40", "--seeds", "2", "--out", str(out)]) == 0
     assert (out / "dynamics_class0.png").is_file() and (out / "curves.npz").is_file()
     assert "score_error" not in np.load(out / "curves.npz").files
+    # the text table shows each class's intervals and the interval orders that the JSON holds
+    printed = capsys.readouterr().out
+    res = decode(read_json(out / "results.json"))
+    for cl in res["classes"]:
+        assert f"class {cl['label']} (n_c = {cl['n_train']}," in printed
+        for key in ("tau_gen", "tau_mem"):
+            assert f"{key:<8} {interval_text(cl[f'{key}_summary'])}  (" in printed
+    for key, o in res["orders_with_intervals"].items():
+        assert f"order by {key}: {order_text(o)}" in printed
     assert main(["dynamics", "--data", str(tmp_path / "two.npz"), "--classes", "8", "--out",
                  str(tmp_path / "bad")]) == 1
 

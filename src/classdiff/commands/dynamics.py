@@ -131,7 +131,7 @@ def real_data_stage(config: Config, args: argparse.Namespace, out: Path) -> dict
 
     from classdiff.data.image_sets import load_image_set
     from classdiff.rf.model import _check_dynamics_memory
-    from classdiff.rf.real_data import real_data_dynamics
+    from classdiff.rf.real_data import format_real_data, real_data_dynamics
 
     classes, counts = _int_list(args.classes, "--classes"), _int_list(args.counts, "--counts")
     images = load_image_set(args.data, labelled=True).pooled(args.pool)
@@ -142,6 +142,7 @@ def real_data_stage(config: Config, args: argparse.Namespace, out: Path) -> dict
                                 test_per_class=args.test_per_class,
                                 iterative=config.training.method == "iterative")
     result["data"] = images.source
+    print(format_real_data(result))
     return _write(result, out)
 
 

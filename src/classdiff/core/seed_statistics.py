@@ -8,7 +8,8 @@ features on real or surrogate points, :func:`classdiff.rf.real_data.real_data_dy
   interval of the mean log time (at least 2 reached seeds); NOT_REACHED when no seed reached it;
 * fractions (:func:`summarize_fractions`): arithmetic mean and t interval of the finite values;
 * orders (:func:`order_with_intervals`): :func:`classdiff.core.readoff.interval_order` over the summaries, and
-  "not resolved" as soon as a class has no interval (it cannot be placed).
+  "not resolved" as soon as a class has no interval (it cannot be placed);
+* text (:func:`interval_text`, :func:`order_text`): the same in words, for the commands' tables.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 from scipy import stats
 
 from classdiff.core.readoff import interval_order
-from classdiff.core.results import NOT_REACHED, is_reached
+from classdiff.core.results import NOT_REACHED, format_value, is_reached
 
-__all__ = ["order_with_intervals", "summarize_fractions", "summarize_times"]
+__all__ = ["interval_text", "order_text", "order_with_intervals", "summarize_fractions", "summarize_times"]
 
 
 def summarize_times(values: Sequence[Any], level: float = 0.95) -> dict[str, Any]:
@@ -70,3 +71,20 @@ def order_with_intervals(summaries: Sequence[dict[str, Any]], labels: Sequence[i
     if missing:
         order = order | {"order": "not resolved", "resolved": False, "without_interval": missing}
     return order
+
+
+def interval_text(summary: dict[str, Any], spec: str = ".4g") -> str:
+    """``estimate [lo, hi]`` of a :func:`summarize_times` / :func:`summarize_fractions` summary ("not reached" and
+    "nan" spelled out by :func:`~classdiff.core.results.format_value`)."""
+    lo, hi = (format_value(v, spec) for v in summary["interval"])
+    return f"{format_value(summary['estimate'], spec)} [{lo}, {hi}]"
+
+
+def order_text(o: dict[str, Any]) -> str:
+    """An :func:`order_with_intervals` / :func:`~classdiff.core.readoff.interval_order` result in words: the
+    order, or why it is not resolved."""
+    if o["resolved"]:
+        return str(o["order"])
+    if o.get("without_interval"):
+        return f"not resolved (no interval for classes {o['without_interval']}: reached in fewer than 2 seeds)"
+    return f"not resolved (point estimates {o['sorted']}, overlapping {o['ties']})"

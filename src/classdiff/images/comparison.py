@@ -131,7 +131,7 @@ def _cell(s: dict[str, Any] | None, spec: str) -> str:
 
 def format_comparison_table(table: dict[str, Any]) -> str:
     """The table as text: one block of rows per class, then orders and agreement."""
-    from classdiff.images.seed_aggregate import order_text
+    from classdiff.core.seed_statistics import order_text
 
     lines = ["predicted vs measured per class (theory tau and RF tau in RF time; U-Net tau in steps; t_S in OU time)"]
     head = f"{'class':>6} {'quantity':<13} {'isotropic theory':>22} {'cov-aware':>10} {'RF pixels':>10} {'U-Net':>26}"

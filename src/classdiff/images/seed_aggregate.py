@@ -36,7 +36,13 @@ import numpy as np
 from classdiff.core.io import read_json
 from classdiff.core.readoff import ORDER_KEYS, crossing_time, pairwise_agreement
 from classdiff.core.results import NOT_REACHED, decode, is_reached
-from classdiff.core.seed_statistics import order_with_intervals, summarize_fractions, summarize_times
+from classdiff.core.seed_statistics import (
+    interval_text,
+    order_text,
+    order_with_intervals,
+    summarize_fractions,
+    summarize_times,
+)
 
 __all__ = ["TIME_KEYS", "aggregate_runs", "format_aggregate", "order_text", "summarize_fractions", "summarize_times"]
 
@@ -203,24 +209,10 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
             "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds"}}
 
 
-def order_text(o: dict[str, Any]) -> str:
-    """An :func:`interval_order` result in words: the order, or why it is not resolved."""
-    if o["resolved"]:
-        return str(o["order"])
-    if o.get("without_interval"):
-        return f"not resolved (no interval for classes {o['without_interval']}: reached in fewer than 2 seeds)"
-    return f"not resolved (point estimates {o['sorted']}, overlapping {o['ties']})"
-
-
 def format_aggregate(result: dict[str, Any]) -> str:
     """Text table: per class, each time's estimate [interval] (reached/seeds), final f_mem and production ratio;
     then the orders and the theory's agreement."""
-    from classdiff.core.results import format_value
-
-    def iv(s: dict[str, Any], spec: str) -> str:
-        lo, hi = (format_value(v, spec) for v in s["interval"])
-        return f"{format_value(s['estimate'], spec)} [{lo}, {hi}]"
-
+    iv = interval_text
     lines = [f"{len(result['runs'])} runs (seeds {result['seeds']}); intervals {result['definitions']['intervals']}"]
     for c in result["classes"]:
         lines.append(f"class {c['label']} (n_c = {c['counts']}):")

@@ -19,12 +19,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from classdiff.core.readoff import ORDER_KEYS, class_order
-from classdiff.core.results import reached
-from classdiff.core.seed_statistics import order_with_intervals, summarize_times
+from classdiff.core.results import format_value, reached
+from classdiff.core.seed_statistics import interval_text, order_text, order_with_intervals, summarize_times
 from classdiff.data.mixture import TrainingSet
 from classdiff.rf.model import RandomFeaturesScore, _seed_mean
 
-__all__ = ["real_data_dynamics", "real_subset"]
+__all__ = ["format_real_data", "real_data_dynamics", "real_subset"]
 
 
 def real_subset(x: ArrayLike, y: ArrayLike, classes: Sequence[int], counts: Sequence[int], test_per_class: int,
@@ -154,6 +154,22 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
     if iterative and first is not None:
         result["iterative"] = _train(first[0], first[1], taus, config)
     return result
+
+
+def format_real_data(result: dict[str, Any]) -> str:
+    """Text table of a :func:`real_data_dynamics` result: per class n_c, tau_gen and tau_mem as geometric mean
+    [95% interval] (reached / seeds) and the read-off of the seed-averaged curves; then the orders with intervals."""
+    lines = [f"RF dynamics on real points: n = {result['n']}, p = {result['p']}, d = {result['d']}, t = "
+             f"{format_value(result['time'])}, {result['seeds']} seeds; intervals: 95% Student t on log times"]
+    for c in result["classes"]:
+        lines.append(f"class {c['label']} (n_c = {c['n_train']}, {c['n_test']} test points):")
+        for key in ("tau_gen", "tau_mem"):
+            s = c[f"{key}_summary"]
+            lines.append(f"  {key:<8} {interval_text(s)}  ({s['n_reached']}/{s['n_seeds']} seeds reached); "
+                         f"seed-averaged curves {format_value(c[f'{key}_pooled'])}")
+    for key, o in result["orders_with_intervals"].items():
+        lines.append(f"order by {key}: {order_text(o)}")
+    return "\n".join(lines)
 
 
 def _train(est: RandomFeaturesScore, train: TrainingSet, taus: NDArray[np.float64], config: Any) -> dict[str, Any]:

@@ -70,6 +70,11 @@ from classdiff.theory.covariance_types import spiked_covariance
 MODES = ("keep", "drop", "noise", "drop-centred", "conditional", "keep-2")
 
 
+def _spike_variance(proj: np.ndarray, V: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Each feature's data variance within span V, w^T V V^T Sigma V V^T w / d (p,), from proj = W V (p, r)."""
+    return np.einsum("ir,rs,is->i", proj, V.T @ cov @ V, proj) / V.shape[0]
+
+
 class _GEMoments:
     """Replaces RandomFeaturesScore._moments by the GE moments of the class each point belongs to (found by the
     point itself: the test moments are computed on batches, whose group labels are not classes)."""
@@ -89,19 +94,18 @@ class _GEMoments:
             xg = x0[labels == g]
             c = self.owner[xg[0].tobytes()]
             mu, cov = self.stats[c]
-            k = class_constants(W, self.activation, self.time, mu, cov)
-            dev = xg - mu
             rng = np.random.default_rng(np.random.SeedSequence([int(est.seed), int(stream), g, 0x6E1]))
-            v2 = k["v2"]
             if self.mode == "conditional":
                 out.append(self._conditional(W, xg, c, mu, cov, rng))
                 continue
+            k = class_constants(W, self.activation, self.time, mu, cov)
+            dev = xg - mu
+            v2 = k["v2"]
             G_extra = 0.0
             if self.mode == "keep-2":  # + the degree-2 Hermite term of the spike coordinates, out of v2
-                V = self.basis[c]
-                spike_pre = e_t * (dev @ V) @ (V.T @ W.T) / math.sqrt(d)  # (m, p) delta m of each point
-                proj = W @ V
-                var_sp = e_t**2 * np.einsum("ir,rs,is->i", proj, V.T @ cov @ V, proj) / d
+                proj = W @ self.basis[c]
+                spike_pre = e_t * (dev @ self.basis[c]) @ proj.T / math.sqrt(d)  # (m, p) delta m of each point
+                var_sp = e_t**2 * _spike_variance(proj, self.basis[c], cov)
                 feature_var = np.einsum("ij,ij->i", W @ cov, W) / d
                 m0, eps = e_t * W @ mu / math.sqrt(d), 1e-4
                 c2 = (equivalence_constants(self.activation, self.time, feature_var, m0 + eps).a
@@ -112,8 +116,7 @@ class _GEMoments:
                 V = self.basis[c]
                 dev = dev - (dev @ V) @ V.T
                 if self.mode == "noise":  # the dropped linear variance as independent noise
-                    proj = W @ V
-                    v2 = v2 + (e_t * k["a"]) ** 2 * np.einsum("ir,rs,is->i", proj, V.T @ cov @ V, proj) / d
+                    v2 = v2 + (e_t * k["a"]) ** 2 * _spike_variance(W @ V, V, cov)
             kappa0 = 0.0 if self.mode == "drop-centred" else k["kappa0"]
             G = (kappa0 + k["a"] * (e_t * dev @ W.T / math.sqrt(d)) + G_extra
                  + np.sqrt(v2) * rng.standard_normal((len(xg), p)))

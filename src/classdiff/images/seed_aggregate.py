@@ -212,19 +212,20 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
 def format_aggregate(result: dict[str, Any]) -> str:
     """Text table: per class, each time's estimate [interval] (reached/seeds), final f_mem and production ratio;
     then the orders and the theory's agreement."""
-    iv = interval_text
     lines = [f"{len(result['runs'])} runs (seeds {result['seeds']}); intervals {result['definitions']['intervals']}"]
     for c in result["classes"]:
         lines.append(f"class {c['label']} (n_c = {c['counts']}):")
         for key in TIME_KEYS:
             s = c[key]
-            lines.append(f"  {key:<9} {iv(s, '.4g')}  ({s['n_reached']}/{s['n_seeds']} seeds reached)")
+            lines.append(f"  {key:<9} {interval_text(s, '.4g')}  ({s['n_reached']}/{s['n_seeds']} seeds reached)")
         if "t_speciation" in c:
             s = c["t_speciation"]
-            lines.append(f"  t_S U-Net {iv(s, '.3f')}  ({s['n_reached']} finite, {s['n_inf']} inf of {s['n_seeds']});"
-                         f" theory (surrogate) {iv(c['t_speciation_theory'], '.3f')}")
-        lines.append(f"  f_mem final {iv(c['f_mem_final'], '.3f')}, max {iv(c['f_mem_max'], '.3f')}; production ratio "
-                     f"{iv(c['production_ratio_final'], '.2f')}; loss gap final {iv(c['loss_gap_final'], '.3f')}")
+            lines.append(f"  t_S U-Net {interval_text(s, '.3f')}  ({s['n_reached']} finite, {s['n_inf']} inf of "
+                         f"{s['n_seeds']}); theory (surrogate) {interval_text(c['t_speciation_theory'], '.3f')}")
+        lines.append(f"  f_mem final {interval_text(c['f_mem_final'], '.3f')}, max "
+                     f"{interval_text(c['f_mem_max'], '.3f')}; production ratio "
+                     f"{interval_text(c['production_ratio_final'], '.2f')}; loss gap final "
+                     f"{interval_text(c['loss_gap_final'], '.3f')}")
     for key, o in result["orders"].items():
         lines.append(f"measured order by {key}: {order_text(o)}")
     if result["theory"]:

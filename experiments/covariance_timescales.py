@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--settings", default=None, help="comma-separated indices into SETTINGS (default all)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--centred", action="store_true", help="centre the theories' centroids by the weighted mean")
+    parser.add_argument("--hermite-degree", type=int, default=1, choices=(1, 2),
+                        help="2: the covariance-aware theory also carries the degree-2 Hermite block (§8.9)")
+    parser.add_argument("--hermite-rank", type=int, default=8, help="top spikes per class in the degree-2 block")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     data = load_fashion_mnist(find_fashion_mnist())
@@ -121,7 +124,8 @@ def main() -> None:
     for i in chosen:
         classes, counts, dim, psi_p, t, x, y, base = setting(data, i, args.seeds)
         t0 = clock.perf_counter()
-        cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
+        cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred,
+                                       hermite_degree=args.hermite_degree, hermite_rank=args.hermite_rank)
         t_cov = clock.perf_counter() - t0
         rho = np.asarray(counts, float) / sum(counts)
         mus = np.stack([x[y == c].mean(axis=0) for c in classes])

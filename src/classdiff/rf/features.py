@@ -183,3 +183,29 @@ def equivalence_constants(
     v2 = ef2 - kappa0**2 - s_u**2 * a**2
     s2 = norm2 - ef2 - b**2
     return EquivalenceConstants(activation_name, float(time), stored_variance, m, kappa0, a, b, v2, s2, norm2)
+
+
+def curvature(activation_name: str, time: float, variance: ArrayLike, mean: ArrayLike = 0.0,
+              n_nodes: int = 0) -> Array:
+    """c2 = E[sigma''(h)] for ``h = mean + e^{-t} sqrt(variance) u + sqrt(Delta_t) v`` (shapes as
+    :func:`equivalence_constants`): the coefficient of the degree-2 Hermite term of the noise-averaged feature in
+    its clean pre-activation, (c2/2)(u'^2 - E u'^2) with u' = h - mean - sqrt(Delta_t) v (``docs/theory.md`` §8.9).
+
+    By Stein's identity E[sigma''(h)] = E[sigma'(h) (h - m)] / gamma^2, gamma^2 = e^{-2t} variance + Delta_t,
+    evaluated with the Gauss–Hermite rule of :func:`quadrature_order` (tanh, erf); closed form for relu
+    (phi(m/gamma)/gamma) and identity (0).
+    """
+    if not np.isfinite(time) or time <= 0:
+        raise ValueError(f"time = {time!r}: must be finite and > 0")
+    var = np.asarray(variance, dtype=np.float64)
+    if not np.all(np.isfinite(var)) or not np.all(var > 0):
+        raise ValueError(f"variance: must be finite and > 0 (min {float(np.min(var))!r})")
+    m, var = np.broadcast_arrays(np.asarray(mean, dtype=np.float64), var)
+    gamma = np.sqrt(signal_scale(time) ** 2 * var + noise_variance(time))
+    if activation_name == "identity":
+        return np.zeros_like(m)
+    if activation_name == "relu":
+        return np.exp(-0.5 * (m / gamma) ** 2) / (np.sqrt(2.0 * np.pi) * gamma)
+    dsig = activation_derivative(activation_name)
+    z, w = gauss_hermite(n_nodes or quadrature_order(activation_name, float(np.max(gamma))))
+    return (dsig(m[..., None] + gamma[..., None] * z) * (w * z)).sum(-1) / gamma

@@ -131,7 +131,8 @@ def speciation_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, c
 
 def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
                              base: Config | None = None, rank: int = 16, n_nodes: int = 512,
-                             centre: bool = False) -> DataPrediction:
+                             centre: bool = False, hermite_degree: int = 1,
+                             hermite_rank: int | None = None) -> DataPrediction:
     """Covariance-aware predicted per-class times (``docs/theory.md`` §8) for training sets of ``counts`` (K,)
     points drawn from the classes ``labels`` (K,) of the population ``x`` (n, ...), ``y`` (n,).
 
@@ -153,7 +154,8 @@ def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, coun
     d = centroids.shape[1]
     model = base.with_overrides({"model.psi_n": float(n_c.sum() / d)}).model
     types = covariance_feature_types(rho, covs, centroids, model.time, model.psi_p, model.psi_n, model.activation,
-                                     rank=rank, n_nodes=n_nodes, seed=base.theory.seed)
+                                     rank=rank, n_nodes=n_nodes, seed=base.theory.seed,
+                                     hermite_degree=hermite_degree, hermite_rank=hermite_rank)
     mixture = GaussianMixture(rho, centroids, np.array([np.trace(c) / d for c in covs]))
     result = class_timescales_for_mixture(mixture, model, base.theory, base.training, labels=labs, types=types)
     return DataPrediction(timescales=result, psi_p=model.psi_p, psi_n=model.psi_n, time=model.time)

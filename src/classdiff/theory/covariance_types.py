@@ -33,10 +33,10 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm, qmc
 
 from classdiff.data.process import signal_scale
-from classdiff.rf.features import equivalence_constants
+from classdiff.rf.features import curvature, equivalence_constants
 from classdiff.theory.equations import FeatureTypes
 
-__all__ = ["SpikedCovariance", "covariance_feature_types", "spiked_covariance"]
+__all__ = ["SpikedCovariance", "covariance_feature_types", "hermite_vectors", "spiked_covariance"]
 
 Array = NDArray[np.float64]
 
@@ -101,6 +101,7 @@ def _sobol_normal(dim: int, n_nodes: int, seed: int) -> Array:
 def covariance_feature_types(
     weights: ArrayLike, covariances: Sequence[ArrayLike | SpikedCovariance], centroids: ArrayLike, time: float,
     psi_p: float, psi_n: float, activation: str = "tanh", rank: int = 16, n_nodes: int = 1024, seed: int = 0,
+    hermite_degree: int = 1, hermite_rank: int | None = None,
 ) -> FeatureTypes:
     """:class:`FeatureTypes` of a K-class mixture with general class covariances (module docstring).
 
@@ -113,7 +114,15 @@ def covariance_feature_types(
     rank : spikes r_c kept per class when a full covariance is given.
     n_nodes : Sobol type nodes (rounded up to a power of 2).
     seed : seed of the scrambled Sobol rule.
+    hermite_degree : 1 (the linear spike vectors only) or 2: also the degree-2 Hermite part of the feature in the
+        spike amplitudes, as r'(r'+1)/2 further spike vectors per class whose variance leaves v2
+        (:func:`hermite_vectors`, ``docs/theory.md`` §8.9).
+    hermite_rank : the top r' spikes of each class whose products enter the degree-2 block (default all r_c).
     """
+    if hermite_degree not in (1, 2):
+        raise ValueError(f"hermite_degree = {hermite_degree!r}: must be 1 or 2")
+    if hermite_rank is not None and hermite_rank < 0:
+        raise ValueError(f"hermite_rank = {hermite_rank!r}: must be None or an integer >= 0")
     rho = np.asarray(weights, dtype=np.float64)
     mu = np.atleast_2d(np.asarray(centroids, dtype=np.float64))
     k, d = mu.shape
@@ -139,11 +148,38 @@ def covariance_feature_types(
         variances[c] = sc.floor + (sc.strengths[:, None] * proj**2).sum(axis=0) / d
     consts = [equivalence_constants(activation, time, variances[c], means[c]) for c in range(k)]
     a = np.stack([g.a for g in consts])
-    spikes = [e_t * np.sqrt(sc.strengths[:, None] / d) * a[c] * projections[c] for c, sc in enumerate(spiked)]
+    loadings = [e_t * np.sqrt(sc.strengths[:, None] / d) * projections[c] for c, sc in enumerate(spiked)]
+    spikes = [a[c] * g for c, g in enumerate(loadings)]
+    classes = [np.full(sc.rank, c, dtype=np.intp) for c, sc in enumerate(spiked)]
+    v2 = np.stack([g.v2 for g in consts])
+    if hermite_degree == 2:
+        for c in range(k):
+            c2 = curvature(activation, time, variances[c], means[c])
+            g = loadings[c][: loadings[c].shape[0] if hermite_rank is None else hermite_rank]
+            second = hermite_vectors(c2, g)
+            spikes.append(second)
+            classes.append(np.full(second.shape[0], c, dtype=np.intp))
+            v2[c] -= (second**2).sum(axis=0)
     return FeatureTypes(
         weights=rho, variances=np.array([sc.floor for sc in spiked]), node_weights=np.full(n, 1.0 / n), means=means,
-        a=a, v2=np.maximum(np.stack([g.v2 for g in consts]), 0.0), s2=np.maximum(np.stack([g.s2 for g in consts]), 0.0),
+        a=a, v2=np.maximum(v2, 0.0), s2=np.maximum(np.stack([g.s2 for g in consts]), 0.0),
         kappa0=np.stack([g.kappa0 for g in consts]), time=float(time), psi_p=float(psi_p), psi_n=float(psi_n),
         dim=int(d), activation=activation, spike_vectors=np.concatenate(spikes) if spikes else None,
-        spike_classes=np.concatenate([np.full(sc.rank, c, dtype=np.intp) for c, sc in enumerate(spiked)]),
+        spike_classes=np.concatenate(classes),
     )
+
+
+def hermite_vectors(c2: Array, loadings: Array) -> Array:
+    """Degree-2 spike vectors (r(r+1)/2, N) of one class (``docs/theory.md`` §8.9).
+
+    With the spike amplitudes xi ~ N(0, I_r) of a point and g_k(tau) = e^{-t} sqrt(s_k/d) (v_k . w) the feature's
+    ``loadings`` (r, N), the spike part of the pre-activation is dm = sum_k g_k xi_k and the degree-2 Hermite term
+    of the noise-averaged feature is (c2/2)(dm^2 - E dm^2) = sum_{k<=l} eta_kl f_kl with the unit-variance,
+    mutually uncorrelated amplitudes eta_kk = (xi_k^2 - 1)/sqrt 2, eta_kl = xi_k xi_l (k < l), uncorrelated with
+    xi, and the vectors f_kk = c2 g_k^2 / sqrt 2, f_kl = c2 g_k g_l. ``c2`` (N,) is E sigma''(h) per
+    type. Their squares sum to the term's variance c2^2 (sum_k g_k^2)^2 / 2.
+    """
+    r = loadings.shape[0]
+    rows, cols = np.triu_indices(r)
+    scale = np.where(rows == cols, 1.0 / np.sqrt(2.0), 1.0)
+    return c2[None, :] * scale[:, None] * loadings[rows] * loadings[cols]

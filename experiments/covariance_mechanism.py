@@ -202,6 +202,10 @@ def main() -> None:
     parser.add_argument("--centred", action="store_true", help="the theory's centroids centred by the weighted mean")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES), help=f"GE variants, comma-separated from {MODES}")
+    parser.add_argument("--hermite-degree", type=int, default=1, choices=(1, 2),
+                        help="2: also the theory with the degree-2 Hermite block (docs/theory.md §8.9), as 'theory "
+                             "degree 2'")
+    parser.add_argument("--hermite-rank", type=int, default=8, help="top spikes per class in the degree-2 block")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="stem of a figure (PNG + PDF) of the first seed's spectra of U")
     parser.add_argument("--replot", default=None, help="a JSON written by --out: only redraw --figure from it")
@@ -223,6 +227,11 @@ def main() -> None:
         row = {"setting": i, "classes": list(classes), "counts": list(counts), "dim": dim, "psi_p": psi_p, "time": t,
                "rank": args.rank, "theory": [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)}
                                              for c in theory.timescales.classes]}
+        if args.hermite_degree == 2:
+            second = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred,
+                                              hermite_degree=2, hermite_rank=args.hermite_rank)
+            row["theory degree 2"] = [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)}
+                                      for c in second.timescales.classes]
         basis = {j: spiked_covariance(np.cov(x[y == c].T), args.rank).vectors for j, c in enumerate(classes)}
         spectra: dict[str, np.ndarray] = {}
         for name, rank in (("full", None), ("spiked", args.rank)):
@@ -242,7 +251,7 @@ def main() -> None:
                     rf_model.RandomFeaturesScore._moments = original
         row["seconds"] = clock.perf_counter() - t0
         rows.append(row)
-        keys = [k for k in row if k == "theory" or k.startswith(("exact", "ge "))]
+        keys = [k for k in row if k.startswith(("theory", "exact", "ge "))]
         print(f"setting {i}: classes {list(classes)}, counts {list(counts)}, d {dim}, psi_p {psi_p}, t {t} "
               f"({row['seconds']:.0f} s)")
         for q in ("tau_gen", "tau_mem"):

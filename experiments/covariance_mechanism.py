@@ -195,6 +195,40 @@ def spectra_figure(rows: list[dict], stem: Path) -> None:
     save_figure(fig, stem)
 
 
+def theory_figure(rows: list[dict], stem: Path) -> None:
+    """tau_gen and tau_mem of each theory row (``theory``, ``theory degree 2``) over the exact RF dynamics on the
+    full surrogate, per class and setting, with the exact dynamics' 95% interval as a band around 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from classdiff.core.io import save_figure
+
+    labels = {0: "T-shirt", 1: "Trouser", 7: "Sneaker", 8: "Bag"}
+    cases = [(row, j) for row in rows for j in range(len(row["classes"]))]
+    names = [f"{row['setting']}: {labels.get(row['classes'][j], row['classes'][j])}" for row, j in cases]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    pos = np.arange(len(cases))
+    for ax, q in zip(axes[0], ("tau_gen", "tau_mem"), strict=True):
+        exact = [row["exact full"][j] for row, j in cases]
+        lo = [e[f"{q}_interval"][0] / e[q] for e in exact]
+        hi = [e[f"{q}_interval"][1] / e[q] for e in exact]
+        ax.bar(pos, np.subtract(hi, lo), bottom=lo, width=0.6, color="0.85", label="exact RF, 95% interval / mean")
+        ax.axhline(1.0, color="0.5", lw=0.8)
+        for k, (key, marker) in enumerate((("theory", "o"), ("theory degree 2", "s"))):
+            if all(key in row for row, _ in cases):
+                ax.plot(pos + 0.12 * (2 * k - 1), [row[key][j][q] / row["exact full"][j][q] for row, j in cases],
+                        marker, ls="", label=f"{key} / exact" if k else "theory (linear spike block) / exact")
+        ax.set_xticks(pos, names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"{q} / exact RF dynamics (16 seeds)" if q == "tau_mem" else f"{q} / exact RF dynamics")
+        ax.set_title(f"{q} (x axis: setting: class)", fontsize=9)
+    handles, texts = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    save_figure(fig, stem)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="0,1,2,3,4,5", help="indices into covariance_timescales.SETTINGS")
@@ -208,12 +242,19 @@ def main() -> None:
     parser.add_argument("--hermite-rank", type=int, default=8, help="top spikes per class in the degree-2 block")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="stem of a figure (PNG + PDF) of the first seed's spectra of U")
-    parser.add_argument("--replot", default=None, help="a JSON written by --out: only redraw --figure from it")
+    parser.add_argument("--theory-figure", default=None,
+                        help="stem of a figure (PNG + PDF) of the theories' times over the exact dynamics")
+    parser.add_argument("--replot", default=None,
+                        help="a JSON written by --out: only redraw --figure and --theory-figure from it")
     args = parser.parse_args()
     if args.replot:
-        if not args.figure:
-            parser.error("--replot: needs --figure (the stem to write)")
-        spectra_figure(read_json(Path(args.replot))["rows"], Path(args.figure))
+        if not (args.figure or args.theory_figure):
+            parser.error("--replot: needs --figure or --theory-figure (the stem to write)")
+        old = read_json(Path(args.replot))["rows"]
+        if args.figure:
+            spectra_figure(old, Path(args.figure))
+        if args.theory_figure:
+            theory_figure(old, Path(args.theory_figure))
         return
     bad = [m for m in args.modes.split(",") if m not in MODES]
     if bad:
@@ -271,6 +312,8 @@ def main() -> None:
             write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})
     if args.figure:
         spectra_figure(rows, Path(args.figure))
+    if args.theory_figure:
+        theory_figure(rows, Path(args.theory_figure))
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, coun
     :meth:`GaussianMixture.fit` does) put the second class's tau_gen at 0.60–0.70 of the RF dynamics on
     Fashion-MNIST pixels in [-1, 1] (``docs/theory.md`` §8.5). rho_c = counts/n, psi_n = n/d; the model settings are ``base.model`` (default :class:`Config`). The times move by
     < 0.5% between 256 and 1024 Sobol type nodes on the Fashion-MNIST configs (experiments/fashion_memorize_cpu.toml,
-    the demo), so ``n_nodes`` defaults to 512.
+    the demo), so ``n_nodes`` defaults to 512. ``hermite_degree`` 2 adds the degree-2 Hermite block of the top
+    ``hermite_rank`` spikes per class (``docs/theory.md`` §8.9: tau_mem 3-16% earlier and closer to the RF dynamics,
+    at 4-6x the cost for ``hermite_rank`` 8); the default 1 is the linear spike block only.
     """
     from classdiff.theory.covariance_types import covariance_feature_types
 

@@ -53,7 +53,8 @@ class FeatureTypes:
     ``time`` t, ``psi_p``, ``psi_n``, ``dim`` d (only the outliers depend on d), ``activation``;
     optional ``spike_vectors`` f_{s,j} (S, N) and ``spike_classes`` (S,) int: the per-type entries of the rank-S
     linear part of anisotropic classes (``docs/theory.md`` §8, :mod:`classdiff.theory.covariance_types`), which
-    create outliers beside those of the centroids; ``variances`` is then the isotropic floor of each class.
+    create outliers beside those of the centroids, optionally followed by the degree-2 Hermite vectors of §8.9;
+    ``variances`` is then the isotropic floor of each class.
     """
 
     weights: Array

@@ -57,11 +57,11 @@ from covariance_timescales import class_covariance, setting, surrogate
 from classdiff.core.io import read_json, write_json_atomic
 from classdiff.core.results import NOT_REACHED, is_reached, reached
 from classdiff.core.seed_statistics import summarize_times
-from classdiff.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from classdiff.data.fashion_mnist import CLASS_NAMES, find_fashion_mnist, load_fashion_mnist
 from classdiff.data.process import signal_scale
 from classdiff.rf import model as rf_model
 from classdiff.rf.conditional_equivalence import ConstantTable, conditional_group_moments
-from classdiff.rf.features import equivalence_constants
+from classdiff.rf.features import curvature
 from classdiff.rf.gaussian_equivalence import class_constants
 from classdiff.rf.real_data import real_data_dynamics
 from classdiff.theory.audit import predict_with_covariances
@@ -107,9 +107,7 @@ class _GEMoments:
                 spike_pre = e_t * (dev @ self.basis[c]) @ proj.T / math.sqrt(d)  # (m, p) delta m of each point
                 var_sp = e_t**2 * _spike_variance(proj, self.basis[c], cov)
                 feature_var = np.einsum("ij,ij->i", W @ cov, W) / d
-                m0, eps = e_t * W @ mu / math.sqrt(d), 1e-4
-                c2 = (equivalence_constants(self.activation, self.time, feature_var, m0 + eps).a
-                      - equivalence_constants(self.activation, self.time, feature_var, m0 - eps).a) / (2 * eps)
+                c2 = curvature(self.activation, self.time, feature_var, e_t * W @ mu / math.sqrt(d))
                 G_extra = 0.5 * c2 * (spike_pre**2 - var_sp)
                 v2 = np.maximum(v2 - 0.5 * c2**2 * var_sp**2, 0.0)
             elif self.mode != "keep":
@@ -195,6 +193,11 @@ def spectra_figure(rows: list[dict], stem: Path) -> None:
     save_figure(fig, stem)
 
 
+def _theory_times(prediction) -> list[dict]:
+    """Per class ``{"tau_gen", "tau_mem"}`` of a :class:`~classdiff.theory.audit.DataPrediction`."""
+    return [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)} for c in prediction.timescales.classes]
+
+
 def theory_figure(rows: list[dict], stem: Path) -> None:
     """tau_gen and tau_mem of each theory row (``theory``, ``theory degree 2``) over the exact RF dynamics on the
     full surrogate, per class and setting, with the exact dynamics' 95% interval as a band around 1."""
@@ -205,9 +208,8 @@ def theory_figure(rows: list[dict], stem: Path) -> None:
 
     from classdiff.core.io import save_figure
 
-    labels = {0: "T-shirt", 1: "Trouser", 7: "Sneaker", 8: "Bag"}
     cases = [(row, j) for row in rows for j in range(len(row["classes"]))]
-    names = [f"{row['setting']}: {labels.get(row['classes'][j], row['classes'][j])}" for row, j in cases]
+    names = [f"{row['setting']}: {CLASS_NAMES[row['classes'][j]]}" for row, j in cases]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
     pos = np.arange(len(cases))
     for ax, q in zip(axes[0], ("tau_gen", "tau_mem"), strict=True):
@@ -266,13 +268,11 @@ def main() -> None:
         t0 = clock.perf_counter()
         theory = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
         row = {"setting": i, "classes": list(classes), "counts": list(counts), "dim": dim, "psi_p": psi_p, "time": t,
-               "rank": args.rank, "theory": [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)}
-                                             for c in theory.timescales.classes]}
+               "rank": args.rank, "theory": _theory_times(theory)}
         if args.hermite_degree == 2:
             second = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred,
                                               hermite_degree=2, hermite_rank=args.hermite_rank)
-            row["theory degree 2"] = [{"tau_gen": reached(c.tau_gen), "tau_mem": reached(c.tau_mem)}
-                                      for c in second.timescales.classes]
+            row["theory degree 2"] = _theory_times(second)
         basis = {j: spiked_covariance(np.cov(x[y == c].T), args.rank).vectors for j, c in enumerate(classes)}
         spectra: dict[str, np.ndarray] = {}
         for name, rank in (("full", None), ("spiked", args.rank)):

@@ -155,8 +155,7 @@ def covariance_feature_types(
     if hermite_degree == 2:
         for c in range(k):
             c2 = curvature(activation, time, variances[c], means[c])
-            g = loadings[c][: loadings[c].shape[0] if hermite_rank is None else hermite_rank]
-            second = hermite_vectors(c2, g)
+            second = hermite_vectors(c2, loadings[c][:hermite_rank])
             spikes.append(second)
             classes.append(np.full(second.shape[0], c, dtype=np.intp))
             v2[c] -= (second**2).sum(axis=0)

@@ -22,7 +22,9 @@ exact closed-form RF gradient flow on the same classes with these sets of featur
 * ``ge keep-2``: ``ge keep`` plus the degree-2 Hermite term (c2/2) (dm^2 - E dm^2) of each point's spike
   pre-activation dm = e^{-t} w . V_c V_c^T (x - mu_c) / sqrt d (c2 = E sigma''(h) over the feature's full
   pre-activation), its variance c2^2 E[dm^2]^2 / 2 taken out of v2: how much of ``conditional`` the second degree
-  carries.
+  carries;
+* ``ge keep-3``: ``ge keep-2`` plus the degree-3 term (c3/6) s^3 He_3(dm/s), s^2 = E dm^2 and c3 = E sigma^(3)(h)
+  (:func:`classdiff.rf.features.hermite_coefficient`), its variance c3^2 s^6 / 6 also taken out of v2.
 
 If ``ge drop`` matches the theory and ``ge keep`` matches ``exact``, the loss model's error is the missing linear
 spike part; if ``ge conditional`` matches ``exact`` and ``ge keep`` does not, it is the Gaussian equivalence's
@@ -61,13 +63,13 @@ from classdiff.data.fashion_mnist import CLASS_NAMES, find_fashion_mnist, load_f
 from classdiff.data.process import signal_scale
 from classdiff.rf import model as rf_model
 from classdiff.rf.conditional_equivalence import ConstantTable, conditional_group_moments
-from classdiff.rf.features import curvature
+from classdiff.rf.features import hermite_coefficient, hermite_e
 from classdiff.rf.gaussian_equivalence import class_constants
 from classdiff.rf.real_data import real_data_dynamics
 from classdiff.theory.audit import predict_with_covariances
 from classdiff.theory.covariance_types import spiked_covariance
 
-MODES = ("keep", "drop", "noise", "drop-centred", "conditional", "keep-2")
+MODES = ("keep", "drop", "noise", "drop-centred", "conditional", "keep-2", "keep-3")
 
 
 def _spike_variance(proj: np.ndarray, V: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -102,14 +104,18 @@ class _GEMoments:
             dev = xg - mu
             v2 = k["v2"]
             G_extra = 0.0
-            if self.mode == "keep-2":  # + the degree-2 Hermite term of the spike coordinates, out of v2
+            if self.mode in ("keep-2", "keep-3"):  # + the Hermite terms of degree 2..n of the spike part, out of v2
                 proj = W @ self.basis[c]
                 spike_pre = e_t * (dev @ self.basis[c]) @ proj.T / math.sqrt(d)  # (m, p) delta m of each point
-                var_sp = e_t**2 * _spike_variance(proj, self.basis[c], cov)
+                var_sp = e_t**2 * _spike_variance(proj, self.basis[c], cov)  # s^2 = E dm^2 per feature
                 feature_var = np.einsum("ij,ij->i", W @ cov, W) / d
-                c2 = curvature(self.activation, self.time, feature_var, e_t * W @ mu / math.sqrt(d))
-                G_extra = 0.5 * c2 * (spike_pre**2 - var_sp)
-                v2 = np.maximum(v2 - 0.5 * c2**2 * var_sp**2, 0.0)
+                for n in range(2, int(self.mode[-1]) + 1):
+                    c_n = hermite_coefficient(self.activation, self.time, feature_var, e_t * W @ mu / math.sqrt(d),
+                                              order=n)
+                    # (c_n / n!) s^n He_n(dm / s), of variance c_n^2 s^{2n} / n!
+                    G_extra = G_extra + c_n * hermite_e(n, spike_pre, var_sp) / math.factorial(n)
+                    v2 = v2 - c_n**2 * var_sp**n / math.factorial(n)
+                v2 = np.maximum(v2, 0.0)
             elif self.mode != "keep":
                 V = self.basis[c]
                 dev = dev - (dev @ V) @ V.T
@@ -166,7 +172,8 @@ def spectra_figure(rows: list[dict], stem: Path) -> None:
 
     from classdiff.core.io import save_figure
 
-    colors = {"exact": "k", "ge keep": "C0", "ge conditional": "C3", "ge keep-2": "C1", "ge drop": "C2",
+    colors = {"exact": "k", "ge keep": "C0", "ge conditional": "C3", "ge keep-2": "C1", "ge keep-3": "C6",
+              "ge drop": "C2",
               "ge noise": "C4", "ge drop-centred": "C5"}
     fig, axes = plt.subplots(2, len(rows), figsize=(4.4 * len(rows), 6.6), squeeze=False, sharex="col")
     for col, row in enumerate(rows):
@@ -199,7 +206,7 @@ def _theory_times(prediction) -> list[dict]:
 
 
 def theory_figure(rows: list[dict], stem: Path) -> None:
-    """tau_gen and tau_mem of each theory row (``theory``, ``theory degree 2``) over the exact RF dynamics on the
+    """tau_gen and tau_mem of each theory row (``theory``, ``theory degree 2``, ``3``) over the exact RF dynamics on the
     full surrogate, per class and setting, with the exact dynamics' 95% interval as a band around 1."""
     import matplotlib
 
@@ -218,9 +225,9 @@ def theory_figure(rows: list[dict], stem: Path) -> None:
         hi = [e[f"{q}_interval"][1] / e[q] for e in exact]
         ax.bar(pos, np.subtract(hi, lo), bottom=lo, width=0.6, color="0.85", label="exact RF, 95% interval / mean")
         ax.axhline(1.0, color="0.5", lw=0.8)
-        for k, (key, marker) in enumerate((("theory", "o"), ("theory degree 2", "s"))):
+        for k, (key, marker) in enumerate((("theory", "o"), ("theory degree 2", "s"), ("theory degree 3", "^"))):
             if all(key in row for row, _ in cases):
-                ax.plot(pos + 0.12 * (2 * k - 1), [row[key][j][q] / row["exact full"][j][q] for row, j in cases],
+                ax.plot(pos + 0.12 * (k - 1), [row[key][j][q] / row["exact full"][j][q] for row, j in cases],
                         marker, ls="", label=f"{key} / exact" if k else "theory (linear spike block) / exact")
         ax.set_xticks(pos, names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(f"{q} / exact RF dynamics (16 seeds)" if q == "tau_mem" else f"{q} / exact RF dynamics")
@@ -238,10 +245,11 @@ def main() -> None:
     parser.add_argument("--centred", action="store_true", help="the theory's centroids centred by the weighted mean")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES), help=f"GE variants, comma-separated from {MODES}")
-    parser.add_argument("--hermite-degree", type=int, default=1, choices=(1, 2),
-                        help="2: also the theory with the degree-2 Hermite block (docs/theory.md §8.9), as 'theory "
-                             "degree 2'")
-    parser.add_argument("--hermite-rank", type=int, default=8, help="top spikes per class in the degree-2 block")
+    parser.add_argument("--hermite-degree", default="1",
+                        help="comma-separated degrees from 1, 2, 3: each n >= 2 adds the theory with the Hermite "
+                             "blocks up to degree n (docs/theory.md §8.9), as the row 'theory degree n'")
+    parser.add_argument("--hermite-rank", default="8",
+                        help="top spikes per class in the Hermite blocks: one integer, or one per degree 2, 3")
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="stem of a figure (PNG + PDF) of the first seed's spectra of U")
     parser.add_argument("--theory-figure", default=None,
@@ -249,6 +257,16 @@ def main() -> None:
     parser.add_argument("--replot", default=None,
                         help="a JSON written by --out: only redraw --figure and --theory-figure from it")
     args = parser.parse_args()
+    try:
+        degrees = [int(v) for v in args.hermite_degree.split(",")]
+        hermite_rank = [int(v) for v in args.hermite_rank.split(",")]
+    except ValueError:
+        parser.error(f"--hermite-degree {args.hermite_degree!r}, --hermite-rank {args.hermite_rank!r}: integers, "
+                     "comma-separated")
+    if any(n not in (1, 2, 3) for n in degrees):
+        parser.error(f"--hermite-degree {args.hermite_degree!r}: degrees from 1, 2, 3")
+    if len(hermite_rank) not in (1, 2):
+        parser.error(f"--hermite-rank {args.hermite_rank!r}: one integer, or one per degree 2, 3")
     if args.replot:
         if not (args.figure or args.theory_figure):
             parser.error("--replot: needs --figure or --theory-figure (the stem to write)")
@@ -269,10 +287,12 @@ def main() -> None:
         theory = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred)
         row = {"setting": i, "classes": list(classes), "counts": list(counts), "dim": dim, "psi_p": psi_p, "time": t,
                "rank": args.rank, "theory": _theory_times(theory)}
-        if args.hermite_degree == 2:
-            second = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred,
-                                              hermite_degree=2, hermite_rank=args.hermite_rank)
-            row["theory degree 2"] = _theory_times(second)
+        for n in sorted(set(degrees) - {1}):
+            ranks = hermite_rank[0] if len(hermite_rank) == 1 else hermite_rank[: n - 1]
+            block = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred,
+                                             hermite_degree=n, hermite_rank=ranks)
+            row[f"theory degree {n}"] = _theory_times(block)
+            row[f"hermite rank degree {n}"] = ranks
         basis = {j: spiked_covariance(np.cov(x[y == c].T), args.rank).vectors for j, c in enumerate(classes)}
         spectra: dict[str, np.ndarray] = {}
         for name, rank in (("full", None), ("spiked", args.rank)):

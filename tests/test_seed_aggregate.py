@@ -11,7 +11,7 @@ import pytest
 from classdiff.commands import cli
 from classdiff.core.io import write_json_atomic
 from classdiff.core.results import NOT_REACHED, encode
-from classdiff.images.seed_aggregate import aggregate_runs, summarize_times
+from classdiff.images.seed_aggregate import aggregate_runs, format_aggregate, summarize_times
 
 
 def fake_run(folder, seed, tau_mem, fmem_curves, hist_final, theory_order=(8, 1)):
@@ -230,3 +230,37 @@ def test_order_with_intervals_needs_an_interval_for_every_class() -> None:
     wide = summarize_times([10.0, 200.0])
     tie = order_with_intervals([a, wide], [0, 1])
     assert tie["order"] == "not resolved" and tie["ties"]
+
+
+def test_paired_orders_of_runs_and_of_rf_seeds(tmp_path):
+    from classdiff.images.comparison import comparison_table, format_comparison_table
+
+    # one seed effect moves both classes: the marginal intervals overlap, the seed-by-seed ratio (0.9) does not
+    runs = [fake_run(tmp_path / f"s{s}", s, (m8, m1), ([0, 0, 0.2, 0.6], [0, 0, 0.1, 0.5]), [0.8, 0.2],
+                     theory_order=(1, 8))
+            for s, (m8, m1) in enumerate([(100.0, 110.0), (200.0, 225.0), (400.0, 440.0)])]
+    res = aggregate_runs(runs)
+    assert not res["orders"]["tau_mem"]["resolved"]
+    paired = res["orders_paired"]["tau_mem"]
+    assert paired["order"] == [8, 1] and paired["pairs"][0]["interval"][1] < 1.0
+    ratios = np.log(np.array([100.0, 200.0, 400.0]) / np.array([110.0, 225.0, 440.0]))
+    assert paired["pairs"][0]["ratio"] == pytest.approx(math.exp(ratios.mean()))
+    assert res["agreement_paired"]["tau_mem"] == {"pairs": 1, "agree": 0, "fraction": 0.0, "disagreeing": [[8, 1]]}
+    assert "paired order by tau_mem: [8, 1]" in format_aggregate(res)
+    # an RF result with per-seed times: interval orders and paired orders, scored against the isotropic theory
+    rf = {"labels": [8, 1], "classes": [
+        {"tau_gen_seeds": [3.0, 3.3, 2.9], "tau_mem_seeds": [40.0, 80.0, 60.0]},
+        {"tau_gen_seeds": [2.0, 2.1, 1.9], "tau_mem_seeds": [44.0, 90.0, 65.0]}]}
+    for c in rf["classes"]:
+        for key in ("tau_gen", "tau_mem"):
+            c[f"{key}_summary"] = summarize_times(c[f"{key}_seeds"])
+    table = comparison_table(res, rf)
+    assert table["orders"]["rf_real_pixels"]["tau_gen"]["order"] == [1, 8]
+    assert not table["orders"]["rf_real_pixels"]["tau_mem"]["resolved"]
+    assert table["orders"]["rf_real_pixels_paired"]["tau_mem"]["order"] == [8, 1]
+    assert table["agreement"]["rf_real_pixels_paired"]["tau_mem"]["agree"] == 0  # the theory said [1, 8]
+    assert table["agreement"]["rf_real_pixels"]["tau_gen"]["agree"] == 1
+    assert table["orders"]["unet_paired"]["tau_mem"]["order"] == [8, 1]
+    text = format_comparison_table(table)
+    assert "rf_real_pixels_paired" in text and "unet_paired" in text
+    assert table["classes"][0]["measured"]["rf_real_pixels"]["tau_mem"]["interval"][0] < 60.0

@@ -10,15 +10,19 @@ exists:
   every seed (the surrogate does not depend on the subset); t_S from the same surrogates with spiked covariances
   (``theory.speciation_covariance``, written by ``classdiff cloning``); nothing (nan, with the reason) for
   evaluations or cloning results written before these sections existed;
-* measured, random features on the real pixels (``classdiff dynamics --data``; exact gradient flow on one
-  subset: a point value, no interval), in tau;
+* measured, random features on the real pixels (``classdiff dynamics --data``; exact gradient flow, in tau):
+  geometric mean and interval over its seeds (``training.seeds``), or a point value for a result without
+  per-seed times;
 * measured, U-Net (``classdiff seeds``): tau_gen, tau_mem (loss gap), tau_fmem (f_mem level) in optimizer steps,
   t_S by cloning (``classdiff cloning``) in OU time; geometric means with Student t intervals over seeds.
 
 The units differ between the RF time tau and optimizer steps, so only *orders* are compared across them. Agreement
 rule: for each measured quantity with intervals, :func:`~classdiff.core.readoff.pairwise_agreement` -- a pair of
-classes counts only when its two intervals are disjoint, and agrees when the prediction orders it the same way; a
-point-valued measurement (RF) is compared rank by rank and marked ``point``.
+classes counts only when its two intervals are disjoint, and agrees when the prediction orders it the same way.
+The sources ``unet_paired`` and ``rf_real_pixels_paired`` order each pair by the interval of its seed-by-seed time
+ratio (:func:`~classdiff.core.seed_statistics.paired_order`: the classes of one run share its seed), scored by
+:func:`~classdiff.core.seed_statistics.paired_agreement`. An RF result without per-seed times is compared rank by
+rank and marked ``point``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from classdiff.core.readoff import ORDER_KEYS, class_order, pairwise_agreement
 from classdiff.core.results import is_reached, reached
+from classdiff.core.seed_statistics import order_with_intervals, paired_agreement, paired_order
 
 __all__ = ["COVARIANCE_AWARE_REASON", "comparison_table", "format_comparison_table", "plot_comparison_table"]
 
@@ -79,7 +84,8 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
         else:
             cov["reason"] = aggregate.get("covariance_reason") or "not computed"
         rfc = rf_by_label.get(lab)
-        rf_row = None if rfc is None else {"tau_gen": _point(rfc.get("tau_gen")), "tau_mem": _point(rfc.get("tau_mem"))}
+        rf_row = None if rfc is None else {key: rfc[f"{key}_summary"] if f"{key}_summary" in rfc
+                                           else _point(rfc.get(key)) for key in ("tau_gen", "tau_mem")}
         unet = {key: c[key] for key in ("tau_gen", "tau_mem", "tau_fmem")}
         unet["t_speciation"] = c.get("t_speciation", _point(None))
         rows.append({"label": lab, "n_c": c["counts"], "predicted": {"isotropic": iso, "covariance_aware": cov},
@@ -95,7 +101,26 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
     if predicted_cov:
         orders["covariance_aware"] = {k: predicted_cov.get(k) for k in ("tau_gen", "tau_mem", "t_speciation")}
         agreement_cov["unet"] = dict(aggregate.get("agreement_covariance", {}))
-    if rf is not None:
+    if aggregate.get("orders_paired"):
+        orders["unet_paired"] = dict(aggregate["orders_paired"])
+        agreement["unet_paired"] = dict(aggregate.get("agreement_paired", {}))
+        if predicted_cov:
+            agreement_cov["unet_paired"] = dict(aggregate.get("agreement_paired_covariance", {}))
+    if rf is not None and all(lab in rf_by_label and "tau_mem_seeds" in rf_by_label[lab] for lab in labels):
+        # RF over seeds (classdiff dynamics --data with its summaries): interval orders, and paired by seed
+        rf_classes = [rf_by_label[lab] for lab in labels]
+        rf_orders = {key: order_with_intervals([c[f"{key}_summary"] for c in rf_classes], labels)
+                     for key in ("tau_gen", "tau_mem")}
+        rf_paired = {key: paired_order([c[f"{key}_seeds"] for c in rf_classes], labels)
+                     for key in ("tau_gen", "tau_mem")}
+        orders["rf_real_pixels"], orders["rf_real_pixels_paired"] = rf_orders, rf_paired
+        for target, pred in ((agreement, predicted), (agreement_cov, predicted_cov or {})):
+            if pred:
+                target["rf_real_pixels"] = {k: pairwise_agreement(o, pred[k]) for k, o in rf_orders.items()
+                                            if pred.get(k) is not None}
+                target["rf_real_pixels_paired"] = {k: paired_agreement(o, pred[k]) for k, o in rf_paired.items()
+                                                   if pred.get(k) is not None}
+    elif rf is not None:  # a result without per-seed times: point values, rank by rank
         rf_orders = {}
         for key in ("tau_gen", "tau_mem"):
             vals = [rf_by_label[lab].get(key) if lab in rf_by_label else None for lab in labels]
@@ -107,8 +132,9 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
                                                for k, v in rf_orders.items()}
     return {"classes": rows, "orders": orders, "agreement": agreement, "agreement_covariance": agreement_cov,
             "covariance_reason": aggregate.get("covariance_reason"),
-            "rule": "pairs with disjoint 95% intervals (U-Net, over seeds) agree when the prediction orders them the "
-                    "same way; RF on real pixels: one subset, rank by rank ('point')",
+            "rule": "pairs with disjoint 95% intervals over seeds (U-Net; RF on real pixels when it has seeds) agree "
+                    "when the prediction orders them the same way; '_paired' sources: pairs whose 95% interval of "
+                    "the seed-by-seed time ratio excludes 1; RF without per-seed times: rank by rank ('point')",
             "units": {"theory tau, RF tau": "RF training time tau = k eta / d^2", "U-Net tau": "optimizer steps",
                       "t_speciation": "OU time (larger = earlier in the backward process)"},
             "order_keys": {k: ORDER_KEYS.get(k, k) for k in ("tau_gen", "tau_mem", "t_speciation")}}
@@ -131,7 +157,7 @@ def _cell(s: dict[str, Any] | None, spec: str) -> str:
 
 def format_comparison_table(table: dict[str, Any]) -> str:
     """The table as text: one block of rows per class, then orders and agreement."""
-    from classdiff.core.seed_statistics import order_text
+    from classdiff.core.seed_statistics import order_text, paired_order_text
 
     lines = ["predicted vs measured per class (theory tau and RF tau in RF time; U-Net tau in steps; t_S in OU time)"]
     head = f"{'class':>6} {'quantity':<13} {'isotropic theory':>22} {'cov-aware':>10} {'RF pixels':>10} {'U-Net':>26}"
@@ -157,7 +183,7 @@ def format_comparison_table(table: dict[str, Any]) -> str:
     for source, orders in table["orders"].items():
         for key, o in orders.items():
             if isinstance(o, dict):
-                text = order_text(o)
+                text = paired_order_text(o) if "pairs" in o else order_text(o)
             else:
                 text = str(o) if o is not None else "-"
             ag = table["agreement"].get(source, {}).get(key)

@@ -17,6 +17,9 @@ seeds); fractions by their mean and t interval. A class whose event was not reac
 covers only the reached seeds (``partial``). Orders come from :func:`classdiff.core.readoff.interval_order`:
 "not resolved" unless neighbouring intervals are disjoint. The theory's predicted orders (the first run's
 ``theory`` section) are scored by :func:`classdiff.core.readoff.pairwise_agreement` on the resolved pairs.
+Because the classes of one run share its seed, ``orders_paired`` also orders each pair by the interval of its
+seed-by-seed time ratio (:func:`classdiff.core.seed_statistics.paired_order`), which is tighter where the seeds
+move both classes together; it is scored the same way (``agreement_paired``, ``agreement_paired_covariance``).
 
 Speciation: a run folder that holds ``cloning/results.json`` (``classdiff cloning RUN --out RUN/cloning``) adds per
 class the U-Net's cloning time t_S,c (absolute level; OU time, larger = earlier in the backward process) and the
@@ -40,6 +43,9 @@ from classdiff.core.seed_statistics import (
     interval_text,
     order_text,
     order_with_intervals,
+    paired_agreement,
+    paired_order,
+    paired_order_text,
     summarize_fractions,
     summarize_times,
 )
@@ -162,6 +168,8 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
                 vals = [decode(c[src]) for c in clone_rows if c is not None]
                 entry[key] = summarize_times(vals, level) | {
                     "n_inf": sum(1 for v in vals if is_reached(v) and math.isinf(float(v)))}
+                if key == "t_speciation" and len(vals) == len(runs):
+                    entry["t_speciation_per_seed"] = vals
             entry["sample_share_cloning"] = summarize_fractions([c["sample_share"] for c in clone_rows
                                                                  if c is not None], level)
         entry["production_ratio_by_step"] = _production_curve(evals, i, level)
@@ -191,6 +199,12 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         for key, pred_key in (("tau_gen", "tau_gen"), ("tau_mem", "tau_mem"), ("tau_fmem", "tau_mem")):
             if predicted_cov[pred_key] is not None:
                 agreement_cov[key] = pairwise_agreement(orders[key], predicted_cov[pred_key])
+    # the classes of one run share its seed: each pair's seed-by-seed ratio (core.seed_statistics.paired_order)
+    paired = {key: paired_order([[r[key] for r in c["per_seed"]] for c in out_classes], labels, level=level)
+              for key in TIME_KEYS}
+    if all("t_speciation_per_seed" in c for c in out_classes):  # +inf (committed at once) drops out of its pair
+        paired["t_speciation"] = paired_order([c["t_speciation_per_seed"] for c in out_classes], labels,
+                                              level=level, descending=True)
     if all("t_speciation" in c for c in out_classes):
         orders["t_speciation"] = order = order_with_intervals([c["t_speciation"] for c in out_classes], labels,
                                                               descending=True)
@@ -202,11 +216,22 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
         if predicted_cov is not None and cov_order is not None:
             predicted_cov = predicted_cov | {"t_speciation": cov_order}
             agreement_cov["t_speciation"] = pairwise_agreement(order, cov_order)
+    agreement_paired, agreement_paired_cov = {}, {}
+    for key, o in paired.items():
+        pred_key = "t_speciation" if key == "t_speciation" else ("tau_gen" if key == "tau_gen" else "tau_mem")
+        if predicted and predicted.get(pred_key) is not None:
+            agreement_paired[key] = paired_agreement(o, predicted[pred_key])
+        if predicted_cov and predicted_cov.get(pred_key) is not None:
+            agreement_paired_cov[key] = paired_agreement(o, predicted_cov[pred_key])
     return {"runs": [str(r) for r in runs], "seeds": seeds, "classes": out_classes, "orders": orders,
-            "theory": predicted, "agreement": agreement, "theory_covariance": predicted_cov,
-            "agreement_covariance": agreement_cov, "covariance_reason": cov_reason,
-            "fmem_level": fmem_level, "level": level,
-            "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds"}}
+            "orders_paired": paired, "theory": predicted, "agreement": agreement,
+            "agreement_paired": agreement_paired, "theory_covariance": predicted_cov,
+            "agreement_covariance": agreement_cov, "agreement_paired_covariance": agreement_paired_cov,
+            "covariance_reason": cov_reason, "fmem_level": fmem_level, "level": level,
+            "definitions": TIME_KEYS | {"intervals": f"Student t, {level:.0%}, log scale for times, over seeds",
+                                        "orders_paired": "per pair of classes, the Student t interval of the "
+                                                         "seed-by-seed ratio of their times (the classes of one run "
+                                                         "share its seed); resolved where it excludes 1"}}
 
 
 def format_aggregate(result: dict[str, Any]) -> str:
@@ -228,10 +253,14 @@ def format_aggregate(result: dict[str, Any]) -> str:
                      f"{interval_text(c['loss_gap_final'], '.3f')}")
     for key, o in result["orders"].items():
         lines.append(f"measured order by {key}: {order_text(o)}")
+    for key, o in result.get("orders_paired", {}).items():
+        lines.append(f"paired order by {key}: {paired_order_text(o)}")
     if result["theory"]:
         th = result["theory"]
         lines.append(f"theory's predicted order: generalization {th.get('tau_gen', '-')}, memorization "
                      f"{th.get('tau_mem', '-')}, speciation {th.get('t_speciation', '-')}")
         for key, ag in result["agreement"].items():
             lines.append(f"  agreement with {key}: {ag['agree']} of {ag['pairs']} resolved pairs")
+        for key, ag in result.get("agreement_paired", {}).items():
+            lines.append(f"  agreement with the paired order by {key}: {ag['agree']} of {ag['pairs']} resolved pairs")
     return "\n".join(lines)

@@ -35,7 +35,8 @@ from scipy.special import erf, ndtr, roots_hermitenorm
 from classdiff.core.config import ACTIVATIONS
 from classdiff.data.process import noise_variance, signal_scale
 
-__all__ = ["ACTIVATIONS", "EquivalenceConstants", "activation", "activation_derivative", "equivalence_constants"]
+__all__ = ["ACTIVATIONS", "EquivalenceConstants", "activation", "activation_derivative", "curvature",
+           "equivalence_constants", "hermite_coefficient", "hermite_e"]
 
 
 Array = NDArray[np.float64]
@@ -185,16 +186,20 @@ def equivalence_constants(
     return EquivalenceConstants(activation_name, float(time), stored_variance, m, kappa0, a, b, v2, s2, norm2)
 
 
-def curvature(activation_name: str, time: float, variance: ArrayLike, mean: ArrayLike = 0.0,
-              n_nodes: int = 0) -> Array:
-    """c2 = E[sigma''(h)] for ``h = mean + e^{-t} sqrt(variance) u + sqrt(Delta_t) v`` (shapes as
-    :func:`equivalence_constants`): the coefficient of the degree-2 Hermite term of the noise-averaged feature in
-    its clean pre-activation, (c2/2)(u'^2 - E u'^2) with u' = h - mean - sqrt(Delta_t) v (``docs/theory.md`` §8.9).
+def hermite_coefficient(activation_name: str, time: float, variance: ArrayLike, mean: ArrayLike = 0.0,
+                        order: int = 2, n_nodes: int = 0) -> Array:
+    """c_n = E[sigma^(n)(h)] for ``h = mean + e^{-t} sqrt(variance) u + sqrt(Delta_t) v`` (shapes as
+    :func:`equivalence_constants`), n = ``order`` >= 1: the coefficient of the degree-n Hermite term of the
+    noise-averaged feature in its clean pre-activation, (c_n / n!) s^n He_n(u'/s) with u' = h - mean -
+    sqrt(Delta_t) v and s^2 = E u'^2 (``docs/theory.md`` §8.9). c_1 is the GE constant ``a``.
 
-    By Stein's identity E[sigma''(h)] = E[sigma'(h) (h - m)] / gamma^2, gamma^2 = e^{-2t} variance + Delta_t,
-    evaluated with the Gauss–Hermite rule of :func:`quadrature_order` (tanh, erf); closed form for relu
-    (phi(m/gamma)/gamma) and identity (0).
+    By Stein's identity, E[sigma^(n)(h)] = E[sigma'(h) He_{n-1}(z)] / gamma^{n-1} with h = m + gamma z and
+    gamma^2 = e^{-2t} variance + Delta_t, evaluated with the Gauss–Hermite rule of :func:`quadrature_order` plus
+    ``order`` nodes (tanh, erf); closed form for relu (Phi(m/gamma) for n = 1, else
+    (-1)^n He_{n-2}(m/gamma) phi(m/gamma) / gamma^{n-1}) and identity (1 for n = 1, else 0).
     """
+    if isinstance(order, bool) or not isinstance(order, int | np.integer) or order < 1:
+        raise ValueError(f"order = {order!r}: must be an integer >= 1")
     if not np.isfinite(time) or time <= 0:
         raise ValueError(f"time = {time!r}: must be finite and > 0")
     var = np.asarray(variance, dtype=np.float64)
@@ -203,9 +208,34 @@ def curvature(activation_name: str, time: float, variance: ArrayLike, mean: Arra
     m, var = np.broadcast_arrays(np.asarray(mean, dtype=np.float64), var)
     gamma = np.sqrt(signal_scale(time) ** 2 * var + noise_variance(time))
     if activation_name == "identity":
-        return np.zeros_like(m)
+        return np.ones_like(m) if order == 1 else np.zeros_like(m)
     if activation_name == "relu":
-        return np.exp(-0.5 * (m / gamma) ** 2) / (np.sqrt(2.0 * np.pi) * gamma)
+        x = m / gamma
+        if order == 1:
+            return ndtr(x)
+        density = np.exp(-0.5 * x**2) / np.sqrt(2.0 * np.pi)
+        return (-1.0) ** order * hermite_e(order - 2, x) * density / gamma ** (order - 1)
     dsig = activation_derivative(activation_name)
-    z, w = gauss_hermite(n_nodes or quadrature_order(activation_name, float(np.max(gamma))))
-    return (dsig(m[..., None] + gamma[..., None] * z) * (w * z)).sum(-1) / gamma
+    z, w = gauss_hermite(n_nodes or quadrature_order(activation_name, float(np.max(gamma))) + order)
+    return (dsig(m[..., None] + gamma[..., None] * z) * (w * hermite_e(order - 1, z))).sum(-1) / gamma ** (order - 1)
+
+
+def curvature(activation_name: str, time: float, variance: ArrayLike, mean: ArrayLike = 0.0,
+              n_nodes: int = 0) -> Array:
+    """c2 = E[sigma''(h)]: :func:`hermite_coefficient` of order 2, the degree-2 term's coefficient
+    (c2/2)(u'^2 - E u'^2) of ``docs/theory.md`` §8.9."""
+    return hermite_coefficient(activation_name, time, variance, mean, order=2, n_nodes=n_nodes)
+
+
+def hermite_e(n: int, x: ArrayLike, variance: ArrayLike = 1.0) -> Array:
+    """The probabilists' Hermite polynomial of variance v, s^n He_n(x / s) with s^2 = ``variance`` (He_n itself
+    for v = 1), by the three-term recurrence P_0 = 1, P_1 = x, P_{k+1} = x P_k - k v P_{k-1}; broadcast over x
+    and v. Written without dividing by s, so v = 0 gives x^n."""
+    x = np.asarray(x, dtype=np.float64)
+    v = np.asarray(variance, dtype=np.float64)
+    previous, current = np.ones_like(x), x
+    if n == 0:
+        return previous
+    for k in range(1, n):
+        previous, current = current, x * current - k * v * previous
+    return current

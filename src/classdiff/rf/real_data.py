@@ -20,7 +20,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from classdiff.core.readoff import ORDER_KEYS, class_order
 from classdiff.core.results import format_value, reached
-from classdiff.core.seed_statistics import interval_text, order_text, order_with_intervals, summarize_times
+from classdiff.core.seed_statistics import (
+    interval_text,
+    order_text,
+    order_with_intervals,
+    paired_order,
+    paired_order_text,
+    summarize_times,
+)
 from classdiff.data.mixture import TrainingSet
 from classdiff.rf.model import RandomFeaturesScore, _seed_mean
 
@@ -77,7 +84,8 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
     ``tau_mem_summary`` (geometric mean and 95% interval, :func:`~classdiff.core.seed_statistics.summarize_times`)
     and ``tau_gen_pooled`` / ``tau_mem_pooled`` (read off the seed-averaged curves, which is what a deterministic
     equivalent of the expected curves predicts); ``orders_with_intervals`` orders the classes only where the
-    intervals separate.
+    intervals separate, and ``orders_paired`` where each pair's interval of the seed-by-seed ratio excludes 1
+    (:func:`~classdiff.core.seed_statistics.paired_order`: the classes of one seed share its W and subsets).
     """
     model, tr = config.model, config.training
     taus = np.geomspace(tr.tau_min, tr.tau_max, tr.n_times) if tau is None else np.asarray(tau, dtype=np.float64)
@@ -131,6 +139,8 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
         ORDER_KEYS["tau_mem"]: class_order([cl["tau_mem"] for cl in out_classes], labels),
         "orders_with_intervals": {key: order_with_intervals([cl[f"{key}_summary"] for cl in out_classes], labels)
                                   for key in ("tau_gen", "tau_mem")},
+        "orders_paired": {key: paired_order([cl[f"{key}_seeds"] for cl in out_classes], labels)
+                          for key in ("tau_gen", "tau_mem")},
         "n": int(est.n_), "p": int(est.n_features), "d": int(est.dim_), "time": model.time, "delta": est.delta_,
         "seeds": tr.seeds, "method": method, "series_error_bound": est.series_error_bound_,
         "definitions": {
@@ -148,6 +158,9 @@ def real_data_dynamics(x: ArrayLike, y: ArrayLike, classes: Sequence[int], count
             "tau_mem_pooled": "tau_mem read off the seed-averaged train and test losses (the expected curves)",
             "orders_with_intervals": "core.seed_statistics.order_with_intervals of the summaries: an order only "
                                      "where neighbouring intervals are disjoint, else 'not resolved'",
+            "orders_paired": "core.seed_statistics.paired_order of the per-seed times (each seed shares W and the "
+                             "subsets across classes): each pair's 95% t interval of the seed-by-seed ratio, an "
+                             "order only where every pair's interval excludes 1",
         },
         "eigenvalues": est.eigenvalues_,
     }
@@ -169,6 +182,8 @@ def format_real_data(result: dict[str, Any]) -> str:
                          f"seed-averaged curves {format_value(c[f'{key}_pooled'])}")
     for key, o in result["orders_with_intervals"].items():
         lines.append(f"order by {key}: {order_text(o)}")
+    for key, o in result.get("orders_paired", {}).items():
+        lines.append(f"paired order by {key} (seed-by-seed ratios): {paired_order_text(o)}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ Given points ``x`` (n, d) and integer labels ``y`` (n,), the audit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +133,7 @@ def speciation_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, c
 def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, counts: ArrayLike,
                              base: Config | None = None, rank: int = 16, n_nodes: int = 512,
                              centre: bool = False, hermite_degree: int = 1,
-                             hermite_rank: int | None = None) -> DataPrediction:
+                             hermite_rank: int | Sequence[int] | None = None) -> DataPrediction:
     """Covariance-aware predicted per-class times (``docs/theory.md`` §8) for training sets of ``counts`` (K,)
     points drawn from the classes ``labels`` (K,) of the population ``x`` (n, ...), ``y`` (n,).
 
@@ -146,7 +147,8 @@ def predict_with_covariances(x: ArrayLike, y: ArrayLike, labels: ArrayLike, coun
     < 0.5% between 256 and 1024 Sobol type nodes on the Fashion-MNIST configs (experiments/fashion_memorize_cpu.toml,
     the demo), so ``n_nodes`` defaults to 512. ``hermite_degree`` 2 adds the degree-2 Hermite block of the top
     ``hermite_rank`` spikes per class (``docs/theory.md`` §8.9: tau_mem 3-16% earlier and closer to the RF dynamics,
-    at 4-6x the cost for ``hermite_rank`` 8); the default 1 is the linear spike block only.
+    at 4-6x the cost for ``hermite_rank`` 8), and 3 also the degree-3 block (``hermite_rank`` may then give one
+    count per degree, e.g. ``(8, 4)``); the default 1 is the linear spike block only.
     """
     from classdiff.theory.covariance_types import covariance_feature_types
 

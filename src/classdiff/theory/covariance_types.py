@@ -25,6 +25,9 @@ everything after that works on the N type nodes and is independent of d (no p x 
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm, qmc
 
 from classdiff.data.process import signal_scale
-from classdiff.rf.features import curvature, equivalence_constants
+from classdiff.rf.features import equivalence_constants, hermite_coefficient
 from classdiff.theory.equations import FeatureTypes
 
 __all__ = ["SpikedCovariance", "covariance_feature_types", "hermite_vectors", "spiked_covariance"]
@@ -101,7 +104,7 @@ def _sobol_normal(dim: int, n_nodes: int, seed: int) -> Array:
 def covariance_feature_types(
     weights: ArrayLike, covariances: Sequence[ArrayLike | SpikedCovariance], centroids: ArrayLike, time: float,
     psi_p: float, psi_n: float, activation: str = "tanh", rank: int = 16, n_nodes: int = 1024, seed: int = 0,
-    hermite_degree: int = 1, hermite_rank: int | None = None,
+    hermite_degree: int = 1, hermite_rank: int | Sequence[int] | None = None,
 ) -> FeatureTypes:
     """:class:`FeatureTypes` of a K-class mixture with general class covariances (module docstring).
 
@@ -114,15 +117,15 @@ def covariance_feature_types(
     rank : spikes r_c kept per class when a full covariance is given.
     n_nodes : Sobol type nodes (rounded up to a power of 2).
     seed : seed of the scrambled Sobol rule.
-    hermite_degree : 1 (the linear spike vectors only) or 2: also the degree-2 Hermite part of the feature in the
-        spike amplitudes, as r'(r'+1)/2 further spike vectors per class whose variance leaves v2
-        (:func:`hermite_vectors`, ``docs/theory.md`` §8.9).
-    hermite_rank : the top r' spikes of each class whose products enter the degree-2 block (default all r_c).
+    hermite_degree : 1 (the linear spike vectors only), 2 or 3: also the Hermite parts of degree 2 (and 3) of the
+        feature in the spike amplitudes, as C(r'+n-1, n) further spike vectors per class and degree n whose
+        variance leaves v2 (:func:`hermite_vectors`, ``docs/theory.md`` §8.9).
+    hermite_rank : the top r' spikes of each class whose products enter the blocks (default all r_c): one integer
+        for every degree, or one per degree 2..hermite_degree.
     """
-    if hermite_degree not in (1, 2):
-        raise ValueError(f"hermite_degree = {hermite_degree!r}: must be 1 or 2")
-    if hermite_rank is not None and hermite_rank < 0:
-        raise ValueError(f"hermite_rank = {hermite_rank!r}: must be None or an integer >= 0")
+    if hermite_degree not in (1, 2, 3):
+        raise ValueError(f"hermite_degree = {hermite_degree!r}: must be 1, 2 or 3")
+    ranks = _hermite_ranks(hermite_rank, hermite_degree)
     rho = np.asarray(weights, dtype=np.float64)
     mu = np.atleast_2d(np.asarray(centroids, dtype=np.float64))
     k, d = mu.shape
@@ -152,13 +155,13 @@ def covariance_feature_types(
     spikes = [a[c] * g for c, g in enumerate(loadings)]
     classes = [np.full(sc.rank, c, dtype=np.intp) for c, sc in enumerate(spiked)]
     v2 = np.stack([g.v2 for g in consts])
-    if hermite_degree == 2:
+    for degree, rank_n in zip(range(2, hermite_degree + 1), ranks, strict=True):
         for c in range(k):
-            c2 = curvature(activation, time, variances[c], means[c])
-            second = hermite_vectors(c2, loadings[c][:hermite_rank])
-            spikes.append(second)
-            classes.append(np.full(second.shape[0], c, dtype=np.intp))
-            v2[c] -= (second**2).sum(axis=0)
+            coefficient = hermite_coefficient(activation, time, variances[c], means[c], order=degree)
+            block = hermite_vectors(coefficient, loadings[c][:rank_n], degree)
+            spikes.append(block)
+            classes.append(np.full(block.shape[0], c, dtype=np.intp))
+            v2[c] -= (block**2).sum(axis=0)
     return FeatureTypes(
         weights=rho, variances=np.array([sc.floor for sc in spiked]), node_weights=np.full(n, 1.0 / n), means=means,
         a=a, v2=np.maximum(v2, 0.0), s2=np.maximum(np.stack([g.s2 for g in consts]), 0.0),
@@ -168,17 +171,42 @@ def covariance_feature_types(
     )
 
 
-def hermite_vectors(c2: Array, loadings: Array) -> Array:
-    """Degree-2 spike vectors (r(r+1)/2, N) of one class (``docs/theory.md`` §8.9).
+def _hermite_ranks(hermite_rank: int | Sequence[int] | None, hermite_degree: int) -> list[int | None]:
+    """The spike count r' of each Hermite degree 2..hermite_degree (None: all), checked."""
+    count = hermite_degree - 1
+    if hermite_rank is None or isinstance(hermite_rank, int | np.integer):
+        ranks = [hermite_rank] * count
+    else:
+        ranks = list(hermite_rank)
+        if len(ranks) != count:
+            raise ValueError(f"hermite_rank = {hermite_rank!r}: one entry per degree 2..{hermite_degree} "
+                             f"({count}) expected")
+    for r in ranks:
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int | np.integer) or r < 0):
+            raise ValueError(f"hermite_rank = {hermite_rank!r}: must be None, an integer >= 0 or a sequence of them")
+    return ranks
+
+
+def hermite_vectors(coefficient: Array, loadings: Array, degree: int = 2) -> Array:
+    """Degree-n spike vectors (C(r+n-1, n), N) of one class (``docs/theory.md`` §8.9), n = ``degree`` >= 2.
 
     With the spike amplitudes xi ~ N(0, I_r) of a point and g_k(tau) = e^{-t} sqrt(s_k/d) (v_k . w) the feature's
-    ``loadings`` (r, N), the spike part of the pre-activation is dm = sum_k g_k xi_k and the degree-2 Hermite term
-    of the noise-averaged feature is (c2/2)(dm^2 - E dm^2) = sum_{k<=l} eta_kl f_kl with the unit-variance,
-    mutually uncorrelated amplitudes eta_kk = (xi_k^2 - 1)/sqrt 2, eta_kl = xi_k xi_l (k < l), uncorrelated with
-    xi, and the vectors f_kk = c2 g_k^2 / sqrt 2, f_kl = c2 g_k g_l. ``c2`` (N,) is E sigma''(h) per
-    type. Their squares sum to the term's variance c2^2 (sum_k g_k^2)^2 / 2.
+    ``loadings`` (r, N), the spike part of the pre-activation is dm = sum_k g_k xi_k (variance s^2 = sum_k g_k^2)
+    and the degree-n Hermite term of the noise-averaged feature is (c_n/n!) s^n He_n(dm/s) = sum_alpha eta_alpha
+    f_alpha over the multi-indices |alpha| = n, with the unit-variance, mutually uncorrelated amplitudes
+    eta_alpha = prod_k He_{alpha_k}(xi_k) / sqrt(alpha!), uncorrelated with every lower degree, and the vectors
+    f_alpha = c_n g^alpha / sqrt(alpha!). ``coefficient`` (N,) is c_n = E sigma^(n)(h) per type
+    (:func:`classdiff.rf.features.hermite_coefficient`). For n = 2: f_kk = c2 g_k^2 / sqrt 2, f_kl = c2 g_k g_l,
+    eta_kk = (xi_k^2 - 1)/sqrt 2, eta_kl = xi_k xi_l. The squares of the vectors sum to the term's variance
+    c_n^2 s^{2n} / n!. Rows in the order of ``itertools.combinations_with_replacement(range(r), n)``.
     """
+    if isinstance(degree, bool) or not isinstance(degree, int | np.integer) or degree < 2:
+        raise ValueError(f"degree = {degree!r}: must be an integer >= 2")
     r = loadings.shape[0]
-    rows, cols = np.triu_indices(r)
-    scale = np.where(rows == cols, 1.0 / np.sqrt(2.0), 1.0)
-    return c2[None, :] * scale[:, None] * loadings[rows] * loadings[cols]
+    rows = []
+    for combo in itertools.combinations_with_replacement(range(r), degree):
+        factorial = math.prod(math.factorial(count) for count in Counter(combo).values())
+        rows.append(np.prod(loadings[list(combo)], axis=0) / math.sqrt(factorial))
+    if not rows:
+        return np.zeros((0, loadings.shape[1]))
+    return coefficient[None, :] * np.stack(rows)

@@ -58,7 +58,7 @@ from covariance_timescales import class_covariance, setting, surrogate
 
 from classdiff.core.io import read_json, write_json_atomic
 from classdiff.core.results import NOT_REACHED, is_reached, reached
-from classdiff.core.seed_statistics import summarize_times
+from classdiff.core.seed_statistics import paired_agreement, paired_order, paired_order_text, summarize_times
 from classdiff.data.fashion_mnist import CLASS_NAMES, find_fashion_mnist, load_fashion_mnist
 from classdiff.data.process import signal_scale
 from classdiff.rf import model as rf_model
@@ -152,6 +152,21 @@ def paired_ratio(model: dict, reference: dict, q: str) -> dict:
     ratios = [a / b if is_reached(a) and is_reached(b) else NOT_REACHED
               for a, b in zip(model[f"{q}_seeds"], reference[f"{q}_seeds"], strict=True)]
     return summarize_times(ratios)
+
+
+def class_orders(row: dict, classes) -> dict:
+    """Per time: the classes' order in the exact RF dynamics on the full surrogate from the seed-by-seed ratios
+    (:func:`classdiff.core.seed_statistics.paired_order`; every class of a seed shares its W and subsets), each
+    theory row's predicted order (earliest first) and its :func:`paired_agreement` with it."""
+    out = {}
+    labels = [int(c) for c in classes]
+    for q in ("tau_gen", "tau_mem"):
+        measured = paired_order([e[f"{q}_seeds"] for e in row["exact full"]], labels)
+        predicted = {k: [labels[j] for j in np.argsort([e[q] for e in row[k]], kind="stable")]
+                     for k in row if k.startswith("theory")}
+        out[q] = {"measured": measured, "predicted": predicted,
+                  "agreement": {k: paired_agreement(measured, v) for k, v in predicted.items()}}
+    return out
 
 
 def _cell(name: str, entry: dict, q: str) -> str:
@@ -327,6 +342,12 @@ def main() -> None:
                         ratios.append(f"{k}/exact {r['estimate']:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]"
                                       if is_reached(r["estimate"]) else f"{k}/exact n.r.")
                 print("    paired per seed: " + "  ".join(ratios), flush=True)
+        row["class order paired"] = class_orders(row, classes)
+        for q, o in row["class order paired"].items():
+            print(f"  {q} order, exact full, paired by seed: {paired_order_text(o['measured'])}; "
+                  + ", ".join(f"{k} {o['predicted'][k]} ({'agrees' if a['agree'] else 'disagrees'})"
+                              if a["pairs"] else f"{k} {o['predicted'][k]}" for k, a in o["agreement"].items()),
+                  flush=True)
         row["eigenvalues_first_seed"] = {k: [float(v) for v in e] for k, e in spectra.items()}
         if args.out:
             write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})

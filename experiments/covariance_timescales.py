@@ -38,6 +38,7 @@ from classdiff.core.config import Config
 from classdiff.core.io import write_json_atomic
 from classdiff.core.readoff import pairwise_agreement
 from classdiff.core.results import is_reached, reached
+from classdiff.core.seed_statistics import paired_agreement, paired_order_text
 from classdiff.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist, to_model_space
 from classdiff.data.mixture import GaussianMixture
 from classdiff.rf.real_data import real_data_dynamics
@@ -110,11 +111,18 @@ def main() -> None:
     parser.add_argument("--settings", default=None, help="comma-separated indices into SETTINGS (default all)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--centred", action="store_true", help="centre the theories' centroids by the weighted mean")
-    parser.add_argument("--hermite-degree", type=int, default=1, choices=(1, 2),
-                        help="2: the covariance-aware theory also carries the degree-2 Hermite block (§8.9)")
-    parser.add_argument("--hermite-rank", type=int, default=8, help="top spikes per class in the degree-2 block")
+    parser.add_argument("--hermite-degree", type=int, default=1, choices=(1, 2, 3),
+                        help="2 or 3: the covariance-aware theory also carries the Hermite blocks up to that degree "
+                             "(docs/theory.md §8.9, §8.10)")
+    parser.add_argument("--hermite-rank", default="8",
+                        help="top spikes per class in the Hermite blocks: one integer, or one per degree 2, 3")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    try:
+        ranks = [int(v) for v in args.hermite_rank.split(",")]
+    except ValueError:
+        parser.error(f"--hermite-rank {args.hermite_rank!r}: integers, comma-separated")
+    hermite_rank = ranks[0] if len(ranks) == 1 else ranks
     data = load_fashion_mnist(find_fashion_mnist())
     chosen = range(len(SETTINGS)) if args.settings is None else [int(v) for v in args.settings.split(",")]
     rows = []
@@ -125,7 +133,7 @@ def main() -> None:
         classes, counts, dim, psi_p, t, x, y, base = setting(data, i, args.seeds)
         t0 = clock.perf_counter()
         cov = predict_with_covariances(x, y, classes, counts, base, rank=args.rank, centre=args.centred,
-                                       hermite_degree=args.hermite_degree, hermite_rank=args.hermite_rank)
+                                       hermite_degree=args.hermite_degree, hermite_rank=hermite_rank)
         t_cov = clock.perf_counter() - t0
         rho = np.asarray(counts, float) / sum(counts)
         mus = np.stack([x[y == c].mean(axis=0) for c in classes])
@@ -152,6 +160,12 @@ def main() -> None:
             theory: {q: pairwise_agreement(row["orders_with_intervals"][ref][q], row["orders"][theory][k])
                      for k, q in enumerate(("tau_gen", "tau_mem"))}
             for theory in ("isotropic", "covariance_aware") for ref in ("surrogate_dynamics",)}
+        # the classes of one seed share W and the subsets: the order of each pair from its seed-by-seed ratio
+        row["orders_paired"] = {"surrogate_dynamics": dyn_s["orders_paired"], "real_dynamics": dyn_r["orders_paired"]}
+        row["agreement_paired"] = {
+            f"{theory} vs {ref}": {q: paired_agreement(row["orders_paired"][ref][q], row["orders"][theory][k])
+                                   for k, q in enumerate(("tau_gen", "tau_mem"))}
+            for theory in ("isotropic", "covariance_aware") for ref in ("surrogate_dynamics", "real_dynamics")}
         rows.append(row)
         ratio = lambda a, b: f"{reached(a) / reached(b):.2f}" if is_reached(a) and is_reached(b) else "-"  # noqa: E731
 
@@ -175,6 +189,11 @@ def main() -> None:
               + ", ".join(f"{th} {q} {a['agree']}/{a['pairs']}" for th, aa in row["agreement"].items()
                           for q, a in aa.items())
               + f"  [cov theory {t_cov:.1f} s, dynamics {t_dyn:.1f} s]", flush=True)
+        for ref in ("surrogate_dynamics", "real_dynamics"):
+            print(f"   paired tau_mem order, {ref}: {paired_order_text(row['orders_paired'][ref]['tau_mem'])}; "
+                  "agreement: " + ", ".join(f"{th} {a['tau_mem']['agree']}/{a['tau_mem']['pairs']}"
+                                            for th, a in row["agreement_paired"].items() if th.endswith(ref)),
+                  flush=True)
         if args.out:
             write_json_atomic(Path(args.out), {"args": vars(args), "rows": rows})
 

@@ -11,8 +11,8 @@ exists:
   (``theory.speciation_covariance``, written by ``classdiff cloning``); nothing (nan, with the reason) for
   evaluations or cloning results written before these sections existed;
 * measured, random features on the real pixels (``classdiff dynamics --data``; exact gradient flow, in tau):
-  geometric mean and interval over its seeds (``training.seeds``), or a point value for a result without
-  per-seed times;
+  geometric mean and interval over its seeds (``training.seeds``), or a point value for one seed (the default)
+  or a result without per-seed times;
 * measured, U-Net (``classdiff seeds``): tau_gen, tau_mem (loss gap), tau_fmem (f_mem level) in optimizer steps,
   t_S by cloning (``classdiff cloning``) in OU time; geometric means with Student t intervals over seeds.
 
@@ -21,7 +21,7 @@ rule: for each measured quantity with intervals, :func:`~classdiff.core.readoff.
 classes counts only when its two intervals are disjoint, and agrees when the prediction orders it the same way.
 The sources ``unet_paired`` and ``rf_real_pixels_paired`` order each pair by the interval of its seed-by-seed time
 ratio (:func:`~classdiff.core.seed_statistics.paired_order`: the classes of one run share its seed), scored by
-:func:`~classdiff.core.seed_statistics.paired_agreement`. An RF result without per-seed times is compared rank by
+:func:`~classdiff.core.seed_statistics.paired_agreement`. An RF result with fewer than 2 seeds is compared rank by
 rank and marked ``point``.
 """
 
@@ -84,7 +84,8 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
         else:
             cov["reason"] = aggregate.get("covariance_reason") or "not computed"
         rfc = rf_by_label.get(lab)
-        rf_row = None if rfc is None else {key: rfc[f"{key}_summary"] if f"{key}_summary" in rfc
+        with_seeds = rfc is not None and len(rfc.get("tau_mem_seeds", [])) >= 2
+        rf_row = None if rfc is None else {key: rfc[f"{key}_summary"] if with_seeds and f"{key}_summary" in rfc
                                            else _point(rfc.get(key)) for key in ("tau_gen", "tau_mem")}
         unet = {key: c[key] for key in ("tau_gen", "tau_mem", "tau_fmem")}
         unet["t_speciation"] = c.get("t_speciation", _point(None))
@@ -106,7 +107,8 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
         agreement["unet_paired"] = dict(aggregate.get("agreement_paired", {}))
         if predicted_cov:
             agreement_cov["unet_paired"] = dict(aggregate.get("agreement_paired_covariance", {}))
-    if rf is not None and all(lab in rf_by_label and "tau_mem_seeds" in rf_by_label[lab] for lab in labels):
+    if rf is not None and all(lab in rf_by_label and len(rf_by_label[lab].get("tau_mem_seeds", [])) >= 2
+                              for lab in labels):
         # RF over seeds (classdiff dynamics --data with its summaries): interval orders, and paired by seed
         rf_classes = [rf_by_label[lab] for lab in labels]
         rf_orders = {key: order_with_intervals([c[f"{key}_summary"] for c in rf_classes], labels)
@@ -120,7 +122,7 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
                                             if pred.get(k) is not None}
                 target["rf_real_pixels_paired"] = {k: paired_agreement(o, pred[k]) for k, o in rf_paired.items()
                                                    if pred.get(k) is not None}
-    elif rf is not None:  # a result without per-seed times: point values, rank by rank
+    elif rf is not None:  # one seed, or no per-seed times: point values, rank by rank
         rf_orders = {}
         for key in ("tau_gen", "tau_mem"):
             vals = [rf_by_label[lab].get(key) if lab in rf_by_label else None for lab in labels]
@@ -134,7 +136,7 @@ def comparison_table(aggregate: dict[str, Any], rf: dict[str, Any] | None = None
             "covariance_reason": aggregate.get("covariance_reason"),
             "rule": "pairs with disjoint 95% intervals over seeds (U-Net; RF on real pixels when it has seeds) agree "
                     "when the prediction orders them the same way; '_paired' sources: pairs whose 95% interval of "
-                    "the seed-by-seed time ratio excludes 1; RF without per-seed times: rank by rank ('point')",
+                    "the seed-by-seed time ratio excludes 1; RF with fewer than 2 seeds: rank by rank ('point')",
             "units": {"theory tau, RF tau": "RF training time tau = k eta / d^2", "U-Net tau": "optimizer steps",
                       "t_speciation": "OU time (larger = earlier in the backward process)"},
             "order_keys": {k: ORDER_KEYS.get(k, k) for k in ("tau_gen", "tau_mem", "t_speciation")}}

@@ -218,7 +218,7 @@ def aggregate_runs(runs: Sequence[str | Path], fmem_level: float = 0.1, level: f
             agreement_cov["t_speciation"] = pairwise_agreement(order, cov_order)
     agreement_paired, agreement_paired_cov = {}, {}
     for key, o in paired.items():
-        pred_key = "t_speciation" if key == "t_speciation" else ("tau_gen" if key == "tau_gen" else "tau_mem")
+        pred_key = {"tau_fmem": "tau_mem"}.get(key, key)  # f_mem is scored against the predicted tau_mem order
         if predicted and predicted.get(pred_key) is not None:
             agreement_paired[key] = paired_agreement(o, predicted[pred_key])
         if predicted_cov and predicted_cov.get(pred_key) is not None:
